@@ -46,8 +46,8 @@ __all__ = [
     "JobDefinitionError",
     "JobInfo",
     "JobState",
-    "LiteJobsError",
     "Linear",
+    "LiteJobsError",
     "MaxRetries",
     "NewJob",
     "Retry",
@@ -1100,7 +1100,9 @@ class Worker:
         self._state_source = state
         self.state: Any = None
         self._running: dict[str, int] = dict.fromkeys(self._capacity, 0)
-        self._attempts: dict[int, _Attempt] = {}
+        # A set, not a dict by id: after the watchdog takes a job away from a
+        # frozen attempt, this worker may claim the same job again.
+        self._attempts: set[_Attempt] = set()
         self._outcomes: list[_Outcome] = []
         self._wake = asyncio.Event()
         self._check_due = True  # something may be claimable: ask the store
@@ -1224,6 +1226,11 @@ class Worker:
                 self._next_due = result.next_due
                 for outcome in result.written:
                     self._emit_outcome(outcome)
+                    if outcome.state == "pending" and outcome.delay is not None:
+                        # The store's next_due only sees jobs due later than
+                        # now; a retry due at once must wake us too.
+                        due = now + outcome.delay
+                        self._next_due = due if self._next_due is None else min(self._next_due, due)
                 for queue, rows in result.claimed.items():
                     if len(rows) == wants[queue]:
                         self._backlog.add(queue)
@@ -1274,7 +1281,7 @@ class Worker:
             return
         attempt = _Attempt(row, job, time.monotonic())
         self._running[queue] += 1
-        self._attempts[job_id] = attempt
+        self._attempts.add(attempt)
         self.store._emit(Event("start", job_id, name, queue, attempt_no))
         attempt.task = loop.create_task(self._call_run(attempt))
         attempt.task.add_done_callback(functools.partial(self._finished, attempt))
@@ -1318,7 +1325,7 @@ class Worker:
         if attempt.timer is not None:
             attempt.timer.cancel()
         self._running[attempt.queue] -= 1
-        del self._attempts[attempt.job_id]
+        self._attempts.discard(attempt)
         return True
 
     def _finished(self, attempt: _Attempt, task: asyncio.Task) -> None:
@@ -1370,7 +1377,7 @@ class Worker:
 
     async def _abandon_running(self) -> None:
         """Shutdown timeout passed: cancel what still runs and hand it back unspent."""
-        attempts = list(self._attempts.values())
+        attempts = list(self._attempts)
         logger.warning("shutdown timeout: returning %d running job(s) to pending", len(attempts))
         for attempt in attempts:
             attempt.stopping = True
@@ -1391,6 +1398,90 @@ class Worker:
             emit(Event("retry" if outcome.state == "pending" else "death", *base, error=outcome.error))
 
 
+# --------------------------------------------------------------------------
+# The demo: ``litejobs demo`` shows retries, an abort and a delayed job
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _DemoGreet(Job):
+    NAME = "demo.greet"
+    who: str
+
+    async def run(self, state: Any) -> str:
+        return f"hello, {self.who}"
+
+
+@dataclasses.dataclass
+class _DemoFlaky(Job):
+    NAME = "demo.flaky_upload"
+    BACKOFF = Linear(0.5)
+    file: str
+
+    async def run(self, state: Any) -> str:
+        if current().attempt < 3:
+            raise ConnectionError(f"storage not reachable (attempt {current().attempt})")
+        return f"uploaded {self.file}"
+
+
+@dataclasses.dataclass
+class _DemoCharge(Job):
+    NAME = "demo.charge_card"
+    card: str
+
+    async def run(self, state: Any) -> None:
+        raise Abort(f"card {self.card} was declined")
+
+
+async def _demo(path: str) -> int:
+    def show(event: Event) -> None:
+        error = f"  ({event.error.splitlines()[-1]})" if event.kind in ("failure", "timeout") else ""
+        print(f"  job {event.job_id:<3} {event.name:<20} {event.kind:<8} attempt {event.attempt}{error}")
+
+    async with connect(path) as store:
+        store.on_event(show)
+        print(f"Enqueueing four jobs into {path}:")
+        ids = [
+            await store.enqueue(_DemoGreet("world")),
+            await store.enqueue(_DemoFlaky("report.pdf")),
+            await store.enqueue(_DemoCharge("4242")),
+            await store.enqueue(_DemoGreet("the future"), delay=2),
+        ]
+        print("Running a worker until all four are finished:")
+        async with Worker(store, [_DemoGreet, _DemoFlaky, _DemoCharge], poll_interval=0.05):
+            while True:
+                infos = [await store.get(job_id) for job_id in ids]
+                if all(info.state in (JobState.DONE, JobState.DEAD) for info in infos):
+                    break
+                await asyncio.sleep(0.05)
+        print("What happened to each:")
+        for info in infos:
+            outcome = repr(info.result) if info.state is JobState.DONE else info.last_error.splitlines()[-1]
+            print(f"  job {info.id:<3} {info.name:<20} {info.state.value:<5} after {info.attempts} attempt(s): {outcome}")
+    return 0
+
+
+# --------------------------------------------------------------------------
+# The command line
+# --------------------------------------------------------------------------
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; see ``litejobs --help``."""
-    raise NotImplementedError
+    """The command line: ``litejobs demo``; see ``litejobs --help``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="litejobs", description="Background jobs on one SQLite file.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="run a short demo: retries, an abort and a delayed job")
+    demo.add_argument("--db", default="litejobs-demo.db", help="where to write the demo's database")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        for suffix in ("", "-wal", "-shm"):  # a fresh start, every time
+            if os.path.exists(args.db + suffix):
+                os.remove(args.db + suffix)
+        return asyncio.run(_demo(args.db))
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1096 @@
+"""Tests for litejobs: one file, temp databases, no shared state, no sleeping through backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+import litejobs
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+T0 = 1_800_000_000.0  # the fake clock's start: an arbitrary fixed instant
+
+
+class FakeClock:
+    """Injected as connect(clock=...): time moves only when a test says so."""
+
+    def __init__(self, start: float = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def wait_until(check, what: str, timeout: float = 15.0):
+    """Poll ``await check()`` until truthy.  The timeout only guards against a
+    hang; it never decides a pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+async def wait_state(store, job_id, state, attempts=None, timeout=15.0):
+    async def check():
+        info = await store.get(job_id)
+        ok = info.state == state and (attempts is None or info.attempts == attempts)
+        return info if ok else None
+
+    return await wait_until(check, f"job {job_id} to be {state} (attempts={attempts})", timeout)
+
+
+@pytest.fixture
+def db(tmp_path):
+    return str(tmp_path / "jobs.db")
+
+
+# -- job classes used across tests -------------------------------------------
+
+
+@dataclass
+class Noop(litejobs.Job):
+    NAME = "noop"
+
+    async def run(self, state):
+        return None
+
+
+@dataclass
+class Echo(litejobs.Job):
+    NAME = "echo"
+    value: object = None
+
+    async def run(self, state):
+        return self.value
+
+
+@dataclass
+class AlwaysFails(litejobs.Job):
+    NAME = "always_fails"
+    MAX_RETRIES = litejobs.Count(3)
+    BACKOFF = litejobs.Exponential(2)
+
+    async def run(self, state):
+        raise ValueError("boom")
+
+
+def failing_job(max_retries, backoff=litejobs.Linear(0)):
+    @dataclass
+    class Failing(litejobs.Job):
+        NAME = "failing"
+        MAX_RETRIES = max_retries
+        BACKOFF = backoff
+
+        async def run(self, state):
+            raise RuntimeError(f"failure number {litejobs.current().attempt}")
+
+    return Failing
+
+
+# -- the job model -------------------------------------------------------------
+
+
+def test_all_is_exactly_the_public_names():
+    public = {
+        name for name, value in vars(litejobs).items()
+        if not name.startswith("_") and getattr(value, "__module__", None) == "litejobs"
+    }
+    public |= {"Infinite"}
+    assert set(litejobs.__all__) == public
+    assert litejobs.__all__ == sorted(litejobs.__all__)
+
+
+def test_backoff_formulas():
+    assert [litejobs.Linear(5).delay(k) for k in (1, 2, 3)] == [5, 5, 5]
+    assert [litejobs.Exponential(2).delay(k) for k in (1, 2, 3, 4)] == [2, 4, 8, 16]
+    assert litejobs.Exponential(3).delay(2) == 9
+
+
+@pytest.mark.parametrize(
+    "attrs, message",
+    [
+        ({"TIMEOUT": 0}, "TIMEOUT must be a positive int"),
+        ({"TIMEOUT": -5}, "TIMEOUT must be a positive int"),
+        ({"TIMEOUT": 1.5}, "TIMEOUT must be a positive int"),
+        ({"TIMEOUT": True}, "TIMEOUT must be a positive int"),
+        ({"TIMEOUT": "10s"}, "TIMEOUT must be a positive int"),
+        ({"MAX_RETRIES": 3}, "MAX_RETRIES must be litejobs.Count(n) or litejobs.Infinite"),
+        ({"BACKOFF": 2}, "BACKOFF must be litejobs.Linear(secs) or litejobs.Exponential(base)"),
+        ({"QUEUE": ""}, "QUEUE must be a non-empty str"),
+        ({"NAME": 7}, "NAME must be a non-empty str"),
+    ],
+)
+def test_definition_errors_at_class_creation(attrs, message):
+    with pytest.raises(litejobs.JobDefinitionError, match="Broken") as info:
+        type("Broken", (litejobs.Job,), dict(attrs, NAME=attrs.get("NAME", "broken")))
+    assert message in str(info.value)
+
+
+def test_negative_count_is_a_definition_error():
+    with pytest.raises(litejobs.JobDefinitionError, match="Count"):
+        litejobs.Count(-1)
+    with pytest.raises(litejobs.JobDefinitionError, match="base >= 1"):
+        litejobs.Exponential(0.5)
+    with pytest.raises(litejobs.JobDefinitionError, match="secs >= 0"):
+        litejobs.Linear(-1)
+
+
+def test_definition_errors_at_registration(db):
+    @dataclass
+    class NoName(litejobs.Job):
+        async def run(self, state):
+            pass
+
+    @dataclass
+    class First(litejobs.Job):
+        NAME = "same"
+
+        async def run(self, state):
+            pass
+
+    @dataclass
+    class Second(litejobs.Job):
+        NAME = "same"
+
+        async def run(self, state):
+            pass
+
+    @dataclass
+    class NoRun(litejobs.Job):
+        NAME = "no_run"
+
+    class NotADataclass(litejobs.Job):
+        NAME = "plain"
+
+        async def run(self, state):
+            pass
+
+    @dataclass
+    class AnnotatedName(litejobs.Job):
+        NAME: str = "annotated"
+
+        async def run(self, state):
+            pass
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            cases = [
+                ([NoName], "NoName has no NAME"),
+                ([First, Second], "First and .*Second both have NAME 'same'"),
+                ([NoRun], "does not define run"),
+                ([NotADataclass], "not a dataclass"),
+                ([AnnotatedName], "NAME is a dataclass field"),
+                ([], "at least one Job class"),
+                ([str], "not a subclass of litejobs.Job"),
+            ]
+            for jobs, message in cases:
+                with pytest.raises(litejobs.JobDefinitionError, match=message):
+                    litejobs.Worker(store, jobs)
+            with pytest.raises(litejobs.JobDefinitionError, match="has no NAME"):
+                await store.enqueue(NoName())
+            assert await store.get(1) is None
+
+    run(main())
+
+
+def test_instance_overrides_are_used_and_checked(db):
+    @dataclass
+    class Custom(litejobs.Job):
+        NAME = "custom"
+        urgent: bool
+
+        def queue(self):
+            return "fast" if self.urgent else "slow"
+
+        def max_retries(self):
+            return litejobs.Infinite if self.urgent else litejobs.Count(1)
+
+        def backoff_strategy(self):
+            return litejobs.Linear(7)
+
+        def timeout(self):
+            return 1234
+
+        async def run(self, state):
+            pass
+
+    row = litejobs.new_job(Custom(True))
+    assert (row.queue, row.max_retries, row.backoff, row.timeout) == ("fast", litejobs.Infinite, litejobs.Linear(7), 1234)
+    assert litejobs.new_job(Custom(False)).max_retries == litejobs.Count(1)
+
+    @dataclass
+    class BadOverride(litejobs.Job):
+        NAME = "bad_override"
+
+        def timeout(self):
+            return "soon"
+
+        async def run(self, state):
+            pass
+
+    with pytest.raises(litejobs.JobDefinitionError, match="timeout\\(\\) returned 'soon'"):
+        litejobs.new_job(BadOverride())
+
+
+def test_new_job_builds_the_row_without_a_database():
+    row = litejobs.new_job(Echo({"a": [1, 2]}), delay=timedelta(seconds=30), priority=3, unique_key="k")
+    assert row.name == "echo" and row.queue == "default" and row.priority == 3
+    assert row.payload == '{"value":{"a":[1,2]}}'
+    assert row.delay == 30 and row.unique_key == "k"
+    assert row.max_retries == litejobs.Count(5) and row.backoff == litejobs.Exponential(2) and row.timeout == 15_000
+
+
+def test_unencodable_payload_names_job_and_field(db):
+    @dataclass
+    class Holder(litejobs.Job):
+        NAME = "holder"
+        fine: int
+        bad: object
+
+        async def run(self, state):
+            pass
+
+    for bad in (object(), {1, 2}, datetime.now(timezone.utc), 2**70):
+        with pytest.raises(litejobs.SerializationError, match="job 'holder', field 'bad'"):
+            litejobs.new_job(Holder(1, bad))
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            with pytest.raises(litejobs.SerializationError):
+                await store.enqueue_many([Holder(1, 2), Holder(1, object())])
+            assert await store.get(1) is None
+
+    run(main())
+
+
+def test_bad_enqueue_arguments_are_clear(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            with pytest.raises(ValueError, match="aware datetime"):
+                await store.schedule(Noop(), at=datetime(2030, 1, 1))
+            with pytest.raises(ValueError, match="delay must not be negative"):
+                await store.enqueue(Noop(), delay=-1)
+            with pytest.raises(ValueError, match="priority must be an int"):
+                await store.enqueue(Noop(), priority="high")
+            with pytest.raises(TypeError, match="expected a litejobs.Job instance, got str"):
+                await store.enqueue("noop")
+            assert await store.get(1) is None
+
+    run(main())
+
+
+def test_current_outside_a_job_is_an_error():
+    with pytest.raises(litejobs.LiteJobsError, match="outside a running job"):
+        litejobs.current()
+
+
+# -- the store ---------------------------------------------------------------
+
+
+def test_connect_creates_wal_database_and_enqueue_get(db):
+    clock = FakeClock()
+
+    async def main():
+        store = await litejobs.connect(db, clock=clock)
+        try:
+            job_id = await store.enqueue(Echo("hi"), priority=2)
+            info = await store.get(job_id)
+            assert info.name == "echo" and info.payload == {"value": "hi"}
+            assert info.state is litejobs.JobState.PENDING and info.attempts == 0
+            assert info.run_at == info.created_at == datetime.fromtimestamp(T0, timezone.utc)
+            assert info.priority == 2 and info.max_retries == litejobs.Count(5)
+            assert await store.get(job_id + 100) is None
+            later = datetime.fromtimestamp(T0 + 3600, timezone.utc)
+            scheduled = await store.get(await store.schedule(Echo("x"), at=later))
+            assert scheduled.run_at == later
+            delayed = await store.get(await store.enqueue(Echo("y"), delay=60))
+            assert delayed.run_at.timestamp() == T0 + 60
+        finally:
+            await store.close()
+
+    run(main())
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("SELECT value FROM litejobs_meta WHERE key = 'schema_version'").fetchone()[0] == "1"
+
+
+def test_enqueue_many_is_one_transaction(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            ids = await store.enqueue_many([Echo(i) for i in range(50)])
+            assert ids == list(range(ids[0], ids[0] + 50))
+            assert [(await store.get(i)).payload["value"] for i in ids] == list(range(50))
+
+    run(main())
+
+
+def test_unique_key_returns_the_existing_job_while_pending_or_running(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            first = await store.enqueue(Echo(1), unique_key="report:42")
+            again = await store.enqueue(Echo(2), unique_key="report:42")
+            other = await store.enqueue(Echo(3), unique_key="report:43")
+            assert again == first and other != first
+            assert (await store.get(first)).payload == {"value": 1}
+            async with litejobs.Worker(store, [Echo]):
+                await wait_state(store, first, "done")
+            after_done = await store.enqueue(Echo(4), unique_key="report:42")
+            assert after_done not in (first, other)
+
+    run(main())
+
+
+def test_claim_uses_the_index_not_a_scan(db):
+    run(_open_and_close(db))
+    conn = sqlite3.connect(db)
+    plan = conn.execute("EXPLAIN QUERY PLAN " + litejobs._sql_claim(2), (T0, "default", 10, "a", "b")).fetchall()
+    text = " | ".join(row[-1] for row in plan)
+    assert "USING INDEX litejobs_jobs_claim" in text
+    assert "SCAN litejobs_jobs" not in text and "TEMP B-TREE" not in text, text
+
+
+async def _open_and_close(db):
+    async with litejobs.connect(db):
+        pass
+
+
+def test_not_a_database_is_refused_and_untouched(tmp_path):
+    path = tmp_path / "notes.db"
+    content = b"these are my notes, not a database\n" * 200
+    path.write_bytes(content)
+
+    async def main():
+        with pytest.raises(litejobs.StoreError, match="not an SQLite database"):
+            await litejobs.connect(str(path))
+
+    run(main())
+    assert path.read_bytes() == content
+
+
+def test_newer_schema_is_refused_and_untouched(db):
+    run(_open_and_close(db))
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE litejobs_meta SET value = '99' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    before = open(db, "rb").read()
+
+    async def main():
+        with pytest.raises(litejobs.StoreError, match="schema version 99.*upgrade litejobs"):
+            await litejobs.connect(db)
+
+    run(main())
+    assert open(db, "rb").read() == before
+
+
+def test_users_own_database_is_left_alone(db):
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.execute("INSERT INTO customers (name) VALUES ('ada')")
+    conn.commit()
+    conn.close()
+    run(_open_and_close(db))
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT name FROM customers").fetchall() == [("ada",)]
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {t for t in tables if t != "sqlite_sequence"} - {"customers"} == {
+        t for t in tables if t.startswith("litejobs_")
+    }
+
+
+def test_connect_rejects_unknown_options(db):
+    async def main():
+        with pytest.raises(TypeError, match="unknown option\\(s\\): sync"):
+            await litejobs.connect(db, sync="FULL")
+        with pytest.raises(ValueError, match="synchronous must be"):
+            await litejobs.connect(db, synchronous="OFF")
+
+    run(main())
+
+
+# -- the worker: running, retrying, timing out ---------------------------------
+
+
+def test_job_runs_with_state_context_and_result(db):
+    seen = {}
+
+    @dataclass
+    class Inspect(litejobs.Job):
+        NAME = "inspect"
+        x: int
+
+        async def run(self, state):
+            ctx = litejobs.current()
+            seen.update(state=state, id=ctx.id, attempt=ctx.attempt, queue=ctx.queue, store=ctx.store)
+            return {"double": self.x * 2}
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Inspect(21))
+            async with litejobs.Worker(store, [Inspect], state="app-state"):
+                info = await wait_state(store, job_id, "done")
+            assert info.result == {"double": 42} and info.attempts == 1
+            assert info.started_at is not None and info.finished_at is not None
+            assert seen == dict(state="app-state", id=job_id, attempt=1, queue="default", store=store)
+
+    run(main())
+
+
+def test_state_factory_receives_the_store(db):
+    got = []
+
+    @dataclass
+    class UsesState(litejobs.Job):
+        NAME = "uses_state"
+
+        async def run(self, state):
+            got.append(state)
+
+    async def make_state(store):
+        return {"store": store}
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(UsesState())
+            async with litejobs.Worker(store, [UsesState], state=make_state):
+                await wait_state(store, job_id, "done")
+            assert got == [{"store": store}]
+
+    run(main())
+
+
+def test_sync_run_goes_to_a_thread(db):
+    threads = []
+
+    @dataclass
+    class Blocking(litejobs.Job):
+        NAME = "blocking"
+
+        def run(self, state):
+            threads.append((threading.current_thread().name, litejobs.current().id))
+            return "from thread"
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Blocking())
+            async with litejobs.Worker(store, [Blocking]):
+                info = await wait_state(store, job_id, "done")
+            assert info.result == "from thread"
+            assert threads[0][0] != threading.current_thread().name and threads[0][1] == job_id
+
+    run(main())
+
+
+def test_span_is_entered_around_run_sync_and_async(db):
+    log = []
+
+    class SyncSpan:
+        def __enter__(self):
+            log.append("enter sync")
+
+        def __exit__(self, *exc):
+            log.append("exit sync")
+
+    class AsyncSpan:
+        async def __aenter__(self):
+            log.append("enter async")
+
+        async def __aexit__(self, *exc):
+            log.append("exit async")
+
+    @dataclass
+    class Traced(litejobs.Job):
+        NAME = "traced"
+        use_async: bool
+
+        def span(self):
+            return AsyncSpan() if self.use_async else SyncSpan()
+
+        async def run(self, state):
+            log.append("run")
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            a = await store.enqueue(Traced(False))
+            async with litejobs.Worker(store, [Traced], concurrency=1):
+                await wait_state(store, a, "done")
+                b = await store.enqueue(Traced(True))
+                await wait_state(store, b, "done")
+        assert log == ["enter sync", "run", "exit sync", "enter async", "run", "exit async"]
+
+    run(main())
+
+
+@pytest.mark.parametrize("max_retries, attempts", [(litejobs.Count(0), 1), (litejobs.Count(2), 3)])
+def test_count_n_allows_n_retries(db, max_retries, attempts):
+    Failing = failing_job(max_retries)
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Failing())
+            async with litejobs.Worker(store, [Failing], poll_interval=0.01):
+                info = await wait_state(store, job_id, "dead")
+            assert info.attempts == attempts
+            assert f"RuntimeError: failure number {attempts}" in info.last_error
+            assert "Traceback (most recent call last)" in info.last_error
+            assert info.finished_at is not None
+
+    run(main())
+
+
+def test_infinite_keeps_retrying(db):
+    Failing = failing_job(litejobs.Infinite)
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Failing())
+            async with litejobs.Worker(store, [Failing], poll_interval=0.01):
+                async def many_attempts():
+                    info = await store.get(job_id)
+                    return info if info.attempts >= 12 else None
+
+                info = await wait_until(many_attempts, "12 attempts")
+            assert info.state in ("pending", "running")
+            assert (await store.get(job_id)).state == "pending"
+
+    run(main())
+
+
+def test_exponential_backoff_schedule_with_injected_time(db):
+    clock = FakeClock()
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            job_id = await store.enqueue(AlwaysFails())
+            async with litejobs.Worker(store, [AlwaysFails], poll_interval=0.01):
+                for failures, delay in [(1, 2), (2, 4), (3, 8)]:
+                    info = await wait_state(store, job_id, "pending", attempts=failures)
+                    # Counted from the moment the failure was recorded: the
+                    # frozen clock's "now".
+                    assert info.run_at.timestamp() == clock.now + delay
+                    clock.advance(delay)
+                info = await wait_state(store, job_id, "dead", attempts=4)
+            assert "ValueError: boom" in info.last_error
+
+    run(main())
+
+
+def test_linear_backoff_schedule_with_injected_time(db):
+    clock = FakeClock()
+    Failing = failing_job(litejobs.Count(2), litejobs.Linear(30))
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            job_id = await store.enqueue(Failing())
+            async with litejobs.Worker(store, [Failing], poll_interval=0.01):
+                for failures in (1, 2):
+                    info = await wait_state(store, job_id, "pending", attempts=failures)
+                    assert info.run_at.timestamp() == clock.now + 30
+                    clock.advance(31)
+                await wait_state(store, job_id, "dead", attempts=3)
+
+    run(main())
+
+
+def test_job_not_claimed_before_it_is_due(db):
+    clock = FakeClock()
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            job_id = await store.enqueue(Noop(), delay=60)
+            exchange = await store.exchange([], {"default": 10}, ["noop"], reap=False)
+            assert exchange.claimed["default"] == [] and exchange.next_due == T0 + 60
+            clock.advance(60)
+            exchange = await store.exchange([], {"default": 10}, ["noop"], reap=False)
+            assert [row[0] for row in exchange.claimed["default"]] == [job_id]
+
+    run(main())
+
+
+def test_delayed_job_starts_when_due(db):
+    clock = FakeClock()
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            job_id = await store.enqueue(Noop(), delay=3600)
+            async with litejobs.Worker(store, [Noop], poll_interval=0.01) as worker:
+                claims = worker.claims
+                await asyncio.sleep(0.1)
+                assert (await store.get(job_id)).state == "pending"
+                clock.advance(3600)
+                await wait_state(store, job_id, "done")
+                assert worker.claims > claims
+
+    run(main())
+
+
+def test_abort_makes_the_job_dead_at_once(db):
+    @dataclass
+    class Gives_up(litejobs.Job):
+        NAME = "gives_up"
+        MAX_RETRIES = litejobs.Count(5)
+
+        async def run(self, state):
+            raise litejobs.Abort("the account was deleted")
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Gives_up())
+            async with litejobs.Worker(store, [Gives_up]):
+                info = await wait_state(store, job_id, "dead")
+            assert info.attempts == 1 and "Abort: the account was deleted" in info.last_error
+
+    run(main())
+
+
+def test_retry_reschedules_with_its_own_delay_and_counts(db):
+    clock = FakeClock()
+
+    @dataclass
+    class Later(litejobs.Job):
+        NAME = "later"
+        MAX_RETRIES = litejobs.Count(1)
+        BACKOFF = litejobs.Linear(1)
+
+        async def run(self, state):
+            raise litejobs.Retry(delay=timedelta(minutes=5))
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            job_id = await store.enqueue(Later())
+            async with litejobs.Worker(store, [Later], poll_interval=0.01):
+                info = await wait_state(store, job_id, "pending", attempts=1)
+                assert info.run_at.timestamp() == clock.now + 300
+                clock.advance(300)
+                info = await wait_state(store, job_id, "dead", attempts=2)
+            assert "Retry: retry requested in 300s" in info.last_error
+
+    run(main())
+
+
+def test_timeout_cancels_then_retries_then_dead(db):
+    cancelled = []
+
+    @dataclass
+    class Slow(litejobs.Job):
+        NAME = "slow"
+        TIMEOUT = 50
+        MAX_RETRIES = litejobs.Count(1)
+        BACKOFF = litejobs.Linear(0)
+
+        async def run(self, state):
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.append(litejobs.current().attempt)
+                raise
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            events = []
+            store.on_event(lambda e: events.append(e.kind))
+            job_id = await store.enqueue(Slow())
+            async with litejobs.Worker(store, [Slow], poll_interval=0.01):
+                info = await wait_state(store, job_id, "dead", attempts=2)
+            assert "exceeded its timeout of 50 ms" in info.last_error
+            assert cancelled == [1, 2]
+            assert events == ["enqueue", "start", "timeout", "retry", "start", "timeout", "death"]
+
+    run(main())
+
+
+def test_fencing_a_late_outcome_changes_nothing(db):
+    clock = FakeClock()
+    release_first = asyncio.Event
+    runs = []
+
+    @dataclass
+    class Frozen(litejobs.Job):
+        NAME = "frozen"
+        TIMEOUT = 60_000
+        BACKOFF = litejobs.Linear(0)
+
+        async def run(self, state):
+            attempt = litejobs.current().attempt
+            runs.append(attempt)
+            if attempt == 1:
+                await state.wait()  # stands for a process that froze
+                return "late result of attempt 1"
+            return "result of attempt 2"
+
+    async def main():
+        release = release_first()
+        async with litejobs.connect(db, clock=clock) as store:
+            job_id = await store.enqueue(Frozen())
+            async with litejobs.Worker(store, [Frozen], state=release, poll_interval=0.01):
+                await wait_state(store, job_id, "running", attempts=1)
+                clock.advance(61 + litejobs._WATCHDOG_GRACE)  # the watchdog takes the job away
+                info = await wait_state(store, job_id, "done", attempts=2)
+                assert info.result == "result of attempt 2"
+                assert "failed by the watchdog" in info.last_error
+                release.set()  # attempt 1 comes back late with its own result
+                await asyncio.sleep(0.1)
+            info = await store.get(job_id)
+            assert (info.state, info.attempts, info.result) == ("done", 2, "result of attempt 2")
+            assert runs == [1, 2]
+
+    run(main())
+
+
+def test_undecodable_payload_is_dead_at_once(db):
+    @dataclass
+    class V1(litejobs.Job):
+        NAME = "versioned"
+        old_field: int
+
+        async def run(self, state):
+            pass
+
+    @dataclass
+    class V2(litejobs.Job):
+        NAME = "versioned"
+        new_field: int
+
+        async def run(self, state):
+            pass
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            old = await store.enqueue(V1(1))
+            garbled = await store.enqueue(V2(2))
+            ok = await store.enqueue(V2(3))
+            await store._db.execute("UPDATE litejobs_jobs SET payload = '{not json' WHERE id = ?", (garbled,))
+            async with litejobs.Worker(store, [V2]):
+                info_old = await wait_state(store, old, "dead")
+                info_garbled = await wait_state(store, garbled, "dead")
+                await wait_state(store, ok, "done")
+            assert info_old.attempts == 1
+            assert "cannot decode the payload of job 'versioned'" in info_old.last_error
+            assert "old_field" in info_old.last_error
+            assert "JSONDecodeError" in info_garbled.last_error
+
+    run(main())
+
+
+def test_unknown_names_stay_pending_and_do_not_spin(db):
+    @dataclass
+    class FromNewerRelease(litejobs.Job):
+        NAME = "from_newer_release"
+
+        async def run(self, state):
+            pass
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            unknown = await store.enqueue(FromNewerRelease())
+            known = await store.enqueue(Noop())
+            async with litejobs.Worker(store, [Noop], poll_interval=0.01) as worker:
+                await wait_state(store, known, "done")
+                await asyncio.sleep(0.05)
+                claims = worker.claims
+                await asyncio.sleep(0.3)  # thirty poll intervals
+                assert worker.claims == claims
+            assert (await store.get(unknown)).state == "pending"
+
+    run(main())
+
+
+def test_priority_then_due_time_then_insertion_order(db):
+    clock = FakeClock()
+    order = []
+
+    @dataclass
+    class Ordered(litejobs.Job):
+        NAME = "ordered"
+        label: str
+
+        async def run(self, state):
+            order.append(self.label)
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            await store.enqueue(Ordered("low"), priority=-1)
+            await store.enqueue(Ordered("normal-2"))
+            await store.enqueue(Ordered("normal-1"), run_at=datetime.fromtimestamp(T0 - 10, timezone.utc))
+            await store.enqueue(Ordered("normal-3"))
+            await store.enqueue(Ordered("high"), priority=10)
+            async with litejobs.Worker(store, [Ordered], concurrency=1):
+                await wait_until(lambda: _true_when(len(order) == 5), "all five ran")
+        assert order == ["high", "normal-1", "normal-2", "normal-3", "low"]
+
+    run(main())
+
+
+async def _true_when(value):
+    return value
+
+
+def test_queues_and_concurrency_limits(db):
+    peak = {"email": 0, "default": 0}
+    running = {"email": 0, "default": 0}
+
+    @dataclass
+    class Counted(litejobs.Job):
+        NAME = "counted"
+
+        async def run(self, state):
+            queue = litejobs.current().queue
+            running[queue] += 1
+            peak[queue] = max(peak[queue], running[queue])
+            await asyncio.sleep(0.01)
+            running[queue] -= 1
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            ids = await store.enqueue_many([Counted() for _ in range(12)], queue="email")
+            ids += await store.enqueue_many([Counted() for _ in range(12)])
+            ignored = await store.enqueue(Counted(), queue="nobody_serves_this")
+            async with litejobs.Worker(store, [Counted], concurrency={"email": 2}):
+                for job_id in ids:
+                    await wait_state(store, job_id, "done")
+            assert peak == {"email": 2, "default": 4}
+            assert (await store.get(ignored)).state == "pending"
+
+    run(main())
+
+
+def test_wakes_at_once_for_a_job_enqueued_in_process(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            async with litejobs.Worker(store, [Noop], poll_interval=3600):
+                await asyncio.sleep(0.05)  # idle, waiting on an hour-long poll
+                job_id = await store.enqueue(Noop())
+                await wait_state(store, job_id, "done", timeout=10)
+
+    run(main())
+
+
+def test_sees_a_job_enqueued_by_another_connection(db):
+    async def main():
+        async with litejobs.connect(db) as store, litejobs.connect(db) as other:
+            async with litejobs.Worker(store, [Noop], poll_interval=0.02):
+                await asyncio.sleep(0.05)
+                job_id = await other.enqueue(Noop())
+                await wait_state(store, job_id, "done")
+
+    run(main())
+
+
+def test_idle_worker_writes_nothing(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            await store.enqueue(Noop(), delay=3600)
+            job_id = await store.enqueue(Noop())
+            async with litejobs.Worker(store, [Noop], poll_interval=0.01):
+                await wait_state(store, job_id, "done")
+                observer = sqlite3.connect(db)
+                before = observer.execute("PRAGMA data_version").fetchone()[0]
+                await asyncio.sleep(litejobs._WATCHDOG_INTERVAL * 1.5)  # polls and a watchdog pass
+                after = observer.execute("PRAGMA data_version").fetchone()[0]
+                observer.close()
+            assert before == after
+
+    run(main())
+
+
+def test_graceful_stop_returns_running_job_unspent(db):
+    started = []
+
+    @dataclass
+    class Long(litejobs.Job):
+        NAME = "long"
+
+        async def run(self, state):
+            started.append(1)
+            await asyncio.sleep(60)
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Long())
+            worker = litejobs.Worker(store, [Long], shutdown_timeout=0.1)
+            task = asyncio.ensure_future(worker.run())
+            await wait_state(store, job_id, "running", attempts=1)
+            worker.stop()
+            await asyncio.wait_for(task, 10)  # run() returns normally
+            info = await store.get(job_id)
+            assert (info.state, info.attempts) == ("pending", 0)
+
+    run(main())
+
+
+def test_graceful_stop_lets_short_jobs_finish(db):
+    @dataclass
+    class Short(litejobs.Job):
+        NAME = "short"
+
+        async def run(self, state):
+            await asyncio.sleep(0.2)
+            return "finished"
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Short())
+            async with litejobs.Worker(store, [Short], shutdown_timeout=10):
+                await wait_state(store, job_id, "running")
+            info = await store.get(job_id)
+            assert (info.state, info.result) == ("done", "finished")
+
+    run(main())
+
+
+def test_events_for_success_failure_retry_death(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            events = []
+            store.on_event(lambda e: events.append((e.kind, e.attempt)))
+            store.on_event(lambda e: 1 / 0)  # a broken callback hurts nobody
+            Failing = failing_job(litejobs.Count(1))
+            ok = await store.enqueue(Noop())
+            bad = await store.enqueue(Failing())
+            async with litejobs.Worker(store, [Noop, Failing], poll_interval=0.01, concurrency=1):
+                await wait_state(store, ok, "done")
+                await wait_state(store, bad, "dead")
+            assert events == [
+                ("enqueue", 0), ("enqueue", 0),
+                ("start", 1), ("success", 1),
+                ("start", 1), ("failure", 1), ("retry", 1),
+                ("start", 2), ("failure", 2), ("death", 2),
+            ]
+
+    run(main())
+
+
+# -- processes ---------------------------------------------------------------
+
+WORKER_SCRIPT = """
+import asyncio, os, sys
+from dataclasses import dataclass
+sys.path.insert(0, {here!r})
+import litejobs
+
+LOG = {log!r}
+
+@dataclass
+class Recorded(litejobs.Job):
+    NAME = "recorded"
+    TIMEOUT = 1000
+    BACKOFF = litejobs.Linear(0)
+    hang: bool = False
+
+    async def run(self, state):
+        # O_APPEND writes of one short line are atomic between processes.
+        fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, f"{{litejobs.current().id}} {{litejobs.current().attempt}} {{os.getpid()}}\\n".encode())
+        os.close(fd)
+        if self.hang and litejobs.current().attempt == 1:
+            await asyncio.sleep(3600)
+
+async def main():
+    async with litejobs.connect({db!r}) as store:
+        worker = litejobs.Worker(store, [Recorded], concurrency=8, poll_interval=0.01)
+        if {until_empty!r}:
+            async with worker:
+                while True:
+                    row = await store._db.execute_fetchall(
+                        "SELECT count(*) FROM litejobs_jobs WHERE state IN ('pending', 'running')")
+                    if row[0][0] == 0:
+                        break
+                    await asyncio.sleep(0.05)
+        else:
+            await worker.run()
+
+asyncio.run(main())
+"""
+
+
+def _worker_process(tmp_path, db, log, until_empty):
+    script = tmp_path / f"worker_{until_empty}.py"
+    script.write_text(WORKER_SCRIPT.format(here=HERE, db=db, log=str(log), until_empty=until_empty))
+    return subprocess.Popen([sys.executable, str(script)])
+
+
+def _log_lines(log):
+    if not log.exists():
+        return []
+    return [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_killed_worker_job_is_finished_by_another_after_timeout(tmp_path, db):
+    log = tmp_path / "runs.log"
+    script_globals = {}
+    exec(compile(WORKER_SCRIPT.split("async def main")[0].format(
+        here=HERE, db=db, log=str(log), until_empty=False), "script", "exec"), script_globals)
+    Recorded = script_globals["Recorded"]
+
+    async def enqueue():
+        async with litejobs.connect(db) as store:
+            return await store.enqueue(Recorded(hang=True))
+
+    job_id = run(enqueue())
+    first = _worker_process(tmp_path, db, log, until_empty=False)
+    try:
+        deadline = time.monotonic() + 30
+        while not _log_lines(log):
+            assert time.monotonic() < deadline and first.poll() is None, "first worker never ran the job"
+            time.sleep(0.01)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+
+    async def finish():
+        async with litejobs.connect(db) as store:
+            assert (await store.get(job_id)).state == "running"
+            async with litejobs.Worker(store, [Recorded], poll_interval=0.01):
+                return await wait_state(store, job_id, "done", timeout=30)
+
+    info = run(finish())
+    assert info.attempts == 2  # the killed attempt counted
+    assert "failed by the watchdog" in info.last_error
+    assert [attempt for _, attempt, _ in _log_lines(log)] == [1, 2]
+
+
+@pytest.mark.slow
+def test_two_worker_processes_run_every_job_exactly_once(tmp_path, db):
+    log = tmp_path / "runs.log"
+    script_globals = {}
+    exec(compile(WORKER_SCRIPT.split("async def main")[0].format(
+        here=HERE, db=db, log=str(log), until_empty=True), "script", "exec"), script_globals)
+    Recorded = script_globals["Recorded"]
+
+    async def enqueue():
+        async with litejobs.connect(db) as store:
+            return await store.enqueue_many([Recorded() for _ in range(2000)])
+
+    ids = run(enqueue())
+    workers = [_worker_process(tmp_path, db, log, until_empty=True) for _ in range(2)]
+    for process in workers:
+        assert process.wait(timeout=90) == 0
+    lines = _log_lines(log)
+    ran = sorted(job_id for job_id, _, _ in lines)
+    assert ran == sorted(ids)  # every job once: none lost, none twice
+    assert {attempt for _, attempt, _ in lines} == {1}
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT state, count(*) FROM litejobs_jobs GROUP BY state").fetchall() == [("done", 2000)]
