@@ -44,18 +44,23 @@ __all__ = [
     "Job",
     "JobContext",
     "JobDefinitionError",
+    "JobFailed",
     "JobInfo",
+    "JobStat",
     "JobState",
     "Linear",
     "LiteJobsError",
     "MaxRetries",
     "NewJob",
+    "QueueStats",
     "Retry",
     "SerializationError",
     "Store",
     "StoreError",
+    "SyncStore",
     "Worker",
     "connect",
+    "connect_sync",
     "current",
     "main",
     "new_job",
@@ -70,6 +75,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import sqlite3
 import threading
 import time
@@ -114,26 +120,27 @@ _DDL = [
     # AUTOINCREMENT: an id is never reused after its row is pruned, so an
     # old id held by a caller can never name somebody else's job.
     """CREATE TABLE IF NOT EXISTS litejobs_jobs (
-        id            INTEGER PRIMARY KEY AUTOINCREMENT,
-        name          TEXT NOT NULL,
-        queue         TEXT NOT NULL,
-        payload       TEXT NOT NULL,
-        state         TEXT NOT NULL DEFAULT 'pending',
-        priority      INTEGER NOT NULL DEFAULT 0,
-        run_at        REAL NOT NULL,
-        attempts      INTEGER NOT NULL DEFAULT 0,
-        max_retries   INTEGER,
-        backoff       TEXT NOT NULL,
-        backoff_value REAL NOT NULL,
-        timeout_ms    INTEGER NOT NULL,
-        unique_key    TEXT,
-        lease         INTEGER NOT NULL DEFAULT 0,
-        deadline      REAL,
-        created_at    REAL NOT NULL,
-        started_at    REAL,
-        finished_at   REAL,
-        last_error    TEXT,
-        result        TEXT
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        name             TEXT NOT NULL,
+        queue            TEXT NOT NULL,
+        payload          TEXT NOT NULL,
+        state            TEXT NOT NULL DEFAULT 'pending',
+        priority         INTEGER NOT NULL DEFAULT 0,
+        run_at           REAL NOT NULL,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        max_retries      INTEGER,
+        backoff          TEXT NOT NULL,
+        backoff_value    REAL NOT NULL,
+        timeout_ms       INTEGER NOT NULL,
+        unique_key       TEXT,
+        lease            INTEGER NOT NULL DEFAULT 0,
+        deadline         REAL,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        created_at       REAL NOT NULL,
+        started_at       REAL,
+        finished_at      REAL,
+        last_error       TEXT,
+        result           TEXT
     )""",
     # The claim walks this index in exactly its ORDER BY (the rowid, which is
     # the id, is the index's hidden last column), so it never sorts or scans.
@@ -145,9 +152,45 @@ _DDL = [
         ON litejobs_jobs (run_at) WHERE state = 'pending'""",
     """CREATE INDEX IF NOT EXISTS litejobs_jobs_deadline
         ON litejobs_jobs (deadline) WHERE state = 'running'""",
+    """CREATE INDEX IF NOT EXISTS litejobs_jobs_cancel
+        ON litejobs_jobs (id) WHERE state = 'running' AND cancel_requested = 1""",
+    # Retention and purge find old finished rows without a scan.
+    """CREATE INDEX IF NOT EXISTS litejobs_jobs_finished
+        ON litejobs_jobs (finished_at) WHERE state IN ('done', 'dead', 'cancelled')""",
     """CREATE UNIQUE INDEX IF NOT EXISTS litejobs_jobs_unique_key
         ON litejobs_jobs (unique_key)
         WHERE unique_key IS NOT NULL AND state IN ('pending', 'running')""",
+    # Done and dead counts per queue and hour: kept apart from the rows so
+    # that the statistics stay right after retention deletes them.
+    """CREATE TABLE IF NOT EXISTS litejobs_counts (
+        queue TEXT NOT NULL,
+        state TEXT NOT NULL,
+        hour  INTEGER NOT NULL,
+        n     INTEGER NOT NULL,
+        PRIMARY KEY (queue, state, hour)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS litejobs_recurring (
+        key           TEXT PRIMARY KEY,
+        interval      REAL NOT NULL,
+        next_run      REAL NOT NULL,
+        name          TEXT NOT NULL,
+        queue         TEXT NOT NULL,
+        payload       TEXT NOT NULL,
+        priority      INTEGER NOT NULL,
+        max_retries   INTEGER,
+        backoff       TEXT NOT NULL,
+        backoff_value REAL NOT NULL,
+        timeout_ms    INTEGER NOT NULL
+    )""",
+    # Running workers and the job names they know, so that the statistics
+    # can tell pending jobs that no worker will ever claim.
+    """CREATE TABLE IF NOT EXISTS litejobs_workers (
+        id         TEXT PRIMARY KEY,
+        host       TEXT NOT NULL,
+        pid        INTEGER NOT NULL,
+        names      TEXT NOT NULL,
+        started_at REAL NOT NULL
+    )""",
 ]
 
 _JOB_COLUMNS = (
@@ -193,19 +236,45 @@ def _sql_claim(name_count: int) -> str:
 
 # An outcome is written only while the attempt still owns the row: same
 # lease, still running.  A worker that comes back after the watchdog took its
-# job away therefore changes nothing.
+# job away therefore changes nothing.  A job whose cancellation was asked for
+# is not retried: it ends cancelled.
 _SQL_RECORD_OUTCOME = """
     UPDATE litejobs_jobs
-       SET state = ?, run_at = coalesce(?, run_at), finished_at = ?,
-           last_error = coalesce(?, last_error), result = ?,
-           attempts = attempts - ?, deadline = NULL
-     WHERE id = ? AND lease = ? AND state = 'running'"""
+       SET state = CASE WHEN ?1 = 'pending' AND cancel_requested THEN 'cancelled' ELSE ?1 END,
+           run_at = coalesce(?2, run_at),
+           finished_at = CASE WHEN ?1 = 'pending' AND cancel_requested THEN ?9 ELSE ?3 END,
+           last_error = coalesce(?4, last_error), result = ?5,
+           attempts = attempts - ?6, deadline = NULL
+     WHERE id = ?7 AND lease = ?8 AND state = 'running'
+    RETURNING state"""
 
 _SQL_EXPIRED = """
     SELECT id, name, queue, attempts, lease, max_retries, backoff, backoff_value, timeout_ms
       FROM litejobs_jobs WHERE state = 'running' AND deadline <= ?"""
 
-_SQL_NEXT_DUE = "SELECT min(run_at) FROM litejobs_jobs WHERE state = 'pending' AND run_at > ?"
+_SQL_CANCEL_REQUESTED = "SELECT id, lease FROM litejobs_jobs WHERE state = 'running' AND cancel_requested = 1"
+
+_SQL_NEXT_DUE = """
+    SELECT min(due) FROM (
+        SELECT min(run_at) AS due FROM litejobs_jobs WHERE state = 'pending' AND run_at > ?1
+        UNION ALL
+        SELECT min(next_run) FROM litejobs_recurring WHERE next_run > ?1)"""
+
+_SQL_COUNT_OUTCOME = """
+    INSERT INTO litejobs_counts (queue, state, hour, n) VALUES (?, ?, ?, ?)
+    ON CONFLICT (queue, state, hour) DO UPDATE SET n = n + excluded.n"""
+
+# Deletes in batches, so that retention never holds the write lock for long.
+_SQL_PRUNE = """
+    DELETE FROM litejobs_jobs WHERE id IN (
+        SELECT id FROM litejobs_jobs
+         WHERE state IN ('done', 'cancelled') AND finished_at < ? LIMIT ?)"""
+_PRUNE_BATCH = 1000
+
+_SQL_RECURRING_DUE = """
+    SELECT key, interval, next_run, name, queue, payload, priority, max_retries,
+           backoff, backoff_value, timeout_ms
+      FROM litejobs_recurring WHERE next_run <= ?"""
 
 
 # --------------------------------------------------------------------------
@@ -497,14 +566,32 @@ def _encode_payload(job: Job) -> str:
     if not isinstance(payload, dict):
         raise SerializationError(f"job {job.NAME!r}: to_payload() returned {type(payload).__name__}, not dict")
     try:
-        return orjson.dumps(payload, default=_refuse_unencodable, option=_PAYLOAD_OPTIONS).decode()
+        text = orjson.dumps(payload, default=_refuse_unencodable, option=_PAYLOAD_OPTIONS)
+        # orjson writes NaN and infinities as null; refuse them rather than
+        # hand the job a None it never had.  Only payloads with a null pay.
+        if b"null" in text:
+            for field, value in payload.items():
+                _refuse_non_finite(value)
+        return text.decode()
     except TypeError as exc:
         for field, value in payload.items():
             try:
                 orjson.dumps({field: value}, default=_refuse_unencodable, option=_PAYLOAD_OPTIONS)
+                _refuse_non_finite(value)
             except TypeError as field_exc:
                 raise SerializationError(f"job {job.NAME!r}, field {field!r}: {field_exc}") from None
         raise SerializationError(f"job {job.NAME!r}: {exc}") from None
+
+
+def _refuse_non_finite(value: Any) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TypeError(f"{value!r} is not a JSON number and would come back as None")
+    if isinstance(value, dict):
+        for item in value.values():
+            _refuse_non_finite(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _refuse_non_finite(item)
 
 
 def _seconds(value: Any, what: str) -> float:
@@ -744,27 +831,27 @@ def _create_private_file(path: str) -> None:
         raise StoreError(f"cannot create {path!r}: {exc.strerror}") from None
 
 
-def _open_schema(conn: sqlite3.Connection, synchronous: str) -> None:
+def _open_schema(conn: sqlite3.Connection, path: str, synchronous: str) -> None:
     """Check the file, switch to WAL and create the tables: reads first, so a
     file that is not ours to change is refused before anything is written."""
     conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
     try:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as exc:
-        raise StoreError(f"not an SQLite database ({exc})") from None
+        raise StoreError(f"{path}: not an SQLite database ({exc})") from None
     if "litejobs_meta" in tables:
         row = conn.execute("SELECT value FROM litejobs_meta WHERE key = 'schema_version'").fetchone()
         version = int(row[0]) if row and str(row[0]).isdigit() else None
         if version is None:
-            raise StoreError("litejobs_meta has no valid schema_version: the file was changed by hand")
+            raise StoreError(f"{path}: litejobs_meta has no valid schema_version (was it edited by hand?)")
         if version > _SCHEMA_VERSION:
             raise StoreError(
-                f"the database has litejobs schema version {version}, but this litejobs "
+                f"{path} has litejobs schema version {version}, but this litejobs "
                 f"{__version__} knows only up to {_SCHEMA_VERSION}: upgrade litejobs"
             )
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode not in ("wal", "memory"):
-        raise StoreError(f"could not switch the database to WAL mode (it stays in {mode!r} mode)")
+        raise StoreError(f"{path}: could not switch to WAL mode (it stays in {mode!r} mode)")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
 
     def create(conn: sqlite3.Connection) -> None:
@@ -778,23 +865,248 @@ def _open_schema(conn: sqlite3.Connection, synchronous: str) -> None:
     _with_retries(conn, create, write=True)
 
 
-def _insert_jobs(conn: sqlite3.Connection, rows: Sequence[NewJob], now: float) -> list[int]:
-    """Insert jobs, all or nothing; a unique_key already pending or running
-    returns the existing id instead of inserting."""
+def _insert_jobs(conn: sqlite3.Connection, rows: Sequence[NewJob], clock: Callable[[], float]) -> list[tuple[int, bool]]:
+    """Insert jobs, all or nothing, as (id, inserted) pairs: a unique_key
+    already pending or running gives the existing id and inserts nothing."""
+    now = clock()
     ids = []
     for row in rows:
         if row.unique_key is not None:
             existing = conn.execute(_SQL_FIND_UNIQUE, (row.unique_key,)).fetchone()
             if existing is not None:
-                ids.append(existing[0])
+                ids.append((existing[0], False))
                 continue
-        ids.append(conn.execute(_SQL_INSERT_JOB, row._row(now)).lastrowid)
+        ids.append((conn.execute(_SQL_INSERT_JOB, row._row(now)).lastrowid, True))
     return ids
+
+
+def _new_jobs(jobs: Iterable[Job | NewJob], options: dict[str, Any]) -> list[NewJob]:
+    rows = []
+    for job in jobs:
+        if isinstance(job, NewJob):
+            if options:
+                raise ValueError(f"options {sorted(options)} cannot change a NewJob: pass them to new_job()")
+            rows.append(job)
+        else:
+            rows.append(new_job(job, **options))
+    return rows
 
 
 def _get_job(conn: sqlite3.Connection, job_id: int) -> JobInfo | None:
     row = conn.execute(_SQL_GET_JOB, (job_id,)).fetchone()
     return None if row is None else JobInfo._from_row(row)
+
+
+def _list_jobs(conn: sqlite3.Connection, state: str | None, queue: str | None, name: str | None,
+               limit: int, offset: int) -> list[JobInfo]:
+    rows = conn.execute(
+        f"""SELECT {_JOB_COLUMNS} FROM litejobs_jobs
+             WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR queue = ?2) AND (?3 IS NULL OR name = ?3)
+             ORDER BY id DESC LIMIT ?4 OFFSET ?5""",
+        (state, queue, name, limit, offset),
+    ).fetchall()
+    return [JobInfo._from_row(row) for row in rows]
+
+
+def _retry_jobs(conn: sqlite3.Connection, job_id: int | None, queue: str | None,
+                clock: Callable[[], float]) -> int:
+    """Back to pending with attempts reset: one finished job, or every dead one.
+
+    UPDATE OR IGNORE leaves a dead job dead when another job with its
+    unique_key is pending or running, rather than failing the whole batch.
+    """
+    if job_id is not None:
+        row = conn.execute("SELECT state, unique_key FROM litejobs_jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise LookupError(f"no job with id {job_id}")
+        if row[0] in ("pending", "running"):
+            return 0
+        if row[1] is not None and conn.execute(_SQL_FIND_UNIQUE, (row[1],)).fetchone():
+            raise LiteJobsError(f"job {job_id} cannot be retried: another job with unique_key {row[1]!r} is waiting")
+    cursor = conn.execute(
+        """UPDATE OR IGNORE litejobs_jobs
+              SET state = 'pending', attempts = 0, run_at = ?1, finished_at = NULL,
+                  deadline = NULL, cancel_requested = 0, result = NULL
+            WHERE CASE WHEN ?2 IS NULL THEN state = 'dead' AND (?3 IS NULL OR queue = ?3)
+                       ELSE id = ?2 AND state IN ('done', 'dead', 'cancelled') END""",
+        (clock(), job_id, queue),
+    )
+    return cursor.rowcount
+
+
+def _cancel_job(conn: sqlite3.Connection, job_id: int, clock: Callable[[], float]) -> JobState:
+    """Pending: cancelled at once.  Running: flagged for its worker to stop."""
+    row = conn.execute(
+        "UPDATE litejobs_jobs SET state = 'cancelled', finished_at = ? WHERE id = ? AND state = 'pending' RETURNING state",
+        (clock(), job_id),
+    ).fetchone()
+    if row is None:
+        conn.execute("UPDATE litejobs_jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'", (job_id,))
+        row = conn.execute("SELECT state FROM litejobs_jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise LookupError(f"no job with id {job_id}")
+    return JobState(row[0])
+
+
+def _purge_jobs(conn: sqlite3.Connection, state: str, before: float) -> int:
+    """Delete one batch of finished jobs of ``state`` that finished before ``before``."""
+    return conn.execute(
+        """DELETE FROM litejobs_jobs WHERE id IN (
+               SELECT id FROM litejobs_jobs WHERE state = ? AND finished_at < ? LIMIT ?)""",
+        (state, before, _PRUNE_BATCH),
+    ).rowcount
+
+
+@dataclasses.dataclass(frozen=True)
+class JobStat:
+    """How many jobs ended one way: this hour, today, this month (UTC) and ever."""
+
+    this_hour: int = 0
+    today: int = 0
+    this_month: int = 0
+    all_time: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueStats:
+    """One queue's counts, as ``Store.stats()`` returns them."""
+
+    pending: int = 0  # due now
+    scheduled: int = 0  # pending, due later
+    running: int = 0
+    done: int = 0  # rows kept (see keep_done)
+    dead: int = 0
+    cancelled: int = 0
+    unregistered: int | None = None  # pending jobs no running worker knows; None: no worker to ask
+    done_counts: JobStat = JobStat()
+    dead_counts: JobStat = JobStat()
+
+
+def _hour_marks(now: float) -> tuple[int, int, int]:
+    """The hour numbers (epoch hours, UTC) where this hour, today and this month begin."""
+    moment = datetime.fromtimestamp(now, timezone.utc)
+    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    return int(now // 3600), int(day.timestamp() // 3600), int(day.replace(day=1).timestamp() // 3600)
+
+
+def _stats(conn: sqlite3.Connection, clock: Callable[[], float]) -> dict[str, QueueStats]:
+    now = clock()
+    counts: dict[str, dict[str, Any]] = {}
+    for queue, state, later, n in conn.execute(
+        "SELECT queue, state, run_at > ?, count(*) FROM litejobs_jobs GROUP BY 1, 2, 3", (now,)
+    ):
+        key = "scheduled" if state == "pending" and later else state
+        per_queue = counts.setdefault(queue, {})
+        per_queue[key] = per_queue.get(key, 0) + n
+    known: set[str] = set()
+    workers = conn.execute("SELECT names FROM litejobs_workers").fetchall()
+    for (names,) in workers:
+        known.update(_loads_or_raw(names))
+    if workers:
+        for queue, name, n in conn.execute(
+            "SELECT queue, name, count(*) FROM litejobs_jobs WHERE state = 'pending' GROUP BY 1, 2"
+        ):
+            if name not in known:
+                per_queue = counts.setdefault(queue, {})
+                per_queue["unregistered"] = per_queue.get("unregistered", 0) + n
+    hour, day, month = _hour_marks(now)
+    for queue, state, this_hour, today, this_month, all_time in conn.execute(
+        """SELECT queue, state, sum(n * (hour >= ?1)), sum(n * (hour >= ?2)), sum(n * (hour >= ?3)), sum(n)
+             FROM litejobs_counts GROUP BY 1, 2""",
+        (hour, day, month),
+    ):
+        counts.setdefault(queue, {})[f"{state}_counts"] = JobStat(this_hour, today, this_month, all_time)
+    stats = {}
+    for queue in sorted(counts):
+        fields = counts[queue]
+        if workers:
+            fields.setdefault("unregistered", 0)
+        fields = {k: v for k, v in fields.items() if k in QueueStats.__dataclass_fields__}
+        stats[queue] = QueueStats(**fields)
+    return stats
+
+
+def _compact_counts(conn: sqlite3.Connection, now: float) -> None:
+    """Fold hourly counts older than two months into one all-time row (hour 0)."""
+    cutoff = int(now // 3600) - 24 * 62
+    conn.execute(
+        f"""{_SQL_COUNT_OUTCOME.split("VALUES")[0]}
+            SELECT queue, state, 0, sum(n) FROM litejobs_counts WHERE hour > 0 AND hour < ? GROUP BY 1, 2
+            ON CONFLICT (queue, state, hour) DO UPDATE SET n = n + excluded.n""",
+        (cutoff,),
+    )
+    conn.execute("DELETE FROM litejobs_counts WHERE hour > 0 AND hour < ?", (cutoff,))
+
+
+def _set_recurring(conn: sqlite3.Connection, key: str, interval: float, row: NewJob,
+                   clock: Callable[[], float]) -> None:
+    """Store a recurring schedule; the first tick is due at once.  Declaring
+    the same schedule again (as an app does at every start) keeps its place."""
+    conn.execute(
+        """INSERT INTO litejobs_recurring (key, interval, next_run, name, queue, payload, priority,
+                                           max_retries, backoff, backoff_value, timeout_ms)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (key) DO UPDATE SET
+               next_run = CASE WHEN interval = excluded.interval THEN next_run ELSE excluded.next_run END,
+               interval = excluded.interval, name = excluded.name, queue = excluded.queue,
+               payload = excluded.payload, priority = excluded.priority, max_retries = excluded.max_retries,
+               backoff = excluded.backoff, backoff_value = excluded.backoff_value, timeout_ms = excluded.timeout_ms""",
+        (key, interval, clock(), row.name, row.queue, row.payload, row.priority,
+         row.max_retries.as_column(), row.backoff.kind, row.backoff.value, row.timeout),
+    )
+
+
+def _unset_recurring(conn: sqlite3.Connection, key: str) -> bool:
+    return conn.execute("DELETE FROM litejobs_recurring WHERE key = ?", (key,)).rowcount > 0
+
+
+def _enqueue_recurring(conn: sqlite3.Connection, now: float) -> list[tuple[int, str, str]]:
+    """Enqueue each due recurring tick, inside the caller's write transaction.
+
+    The transaction moves ``next_run`` past now as it enqueues, so a tick is
+    enqueued exactly once however many workers look.  Ticks missed while no
+    worker ran become one run, due at the latest missed tick.
+    """
+    enqueued = []
+    for key, interval, next_run, name, queue, payload, priority, max_retries, backoff, value, timeout in (
+        conn.execute(_SQL_RECURRING_DUE, (now,)).fetchall()
+    ):
+        missed = math.floor((now - next_run) / interval)
+        tick = next_run + missed * interval
+        job_id = conn.execute(
+            _SQL_INSERT_JOB,
+            (name, queue, payload, priority, tick, max_retries, backoff, value, timeout, None, now),
+        ).lastrowid
+        conn.execute("UPDATE litejobs_recurring SET next_run = ? WHERE key = ?", (tick + interval, key))
+        enqueued.append((job_id, name, queue))
+    return enqueued
+
+
+def _register_worker(conn: sqlite3.Connection, worker_id: str, names: Sequence[str],
+                     clock: Callable[[], float]) -> None:
+    """Record a worker and its job names; forget workers of this host whose process is gone."""
+    host = socket.gethostname()
+    for other_id, pid in conn.execute("SELECT id, pid FROM litejobs_workers WHERE host = ?", (host,)).fetchall():
+        if not _process_alive(pid):
+            conn.execute("DELETE FROM litejobs_workers WHERE id = ?", (other_id,))
+    conn.execute(
+        "INSERT OR REPLACE INTO litejobs_workers (id, host, pid, names, started_at) VALUES (?, ?, ?, ?, ?)",
+        (worker_id, host, os.getpid(), orjson.dumps(list(names)).decode(), clock()),
+    )
+
+
+def _unregister_worker(conn: sqlite3.Connection, worker_id: str) -> None:
+    conn.execute("DELETE FROM litejobs_workers WHERE id = ?", (worker_id,))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, but somebody else's
+        return True
+    return True
 
 
 @dataclasses.dataclass
@@ -804,7 +1116,7 @@ class _Outcome:
     job_id: int
     lease: int
     state: str  # the row's new state
-    event: str  # success, failure, timeout, retry, death ... for on_event
+    event: str  # success, failure, timeout, cancellation, requeue: for on_event
     name: str
     queue: str
     attempt: int
@@ -817,7 +1129,8 @@ class _Outcome:
     def as_params(self, now: float) -> tuple:
         finished = now if self.state in ("done", "dead", "cancelled") else None
         run_at = now + self.delay if self.delay is not None else None
-        return (self.state, run_at, finished, self.error, self.result, self.uncount, self.job_id, self.lease)
+        return (self.state, run_at, finished, self.error, self.result, self.uncount,
+                self.job_id, self.lease, now)
 
 
 def _failure_outcome(row: Sequence, error: str, event: str, requested_delay: float | None = None,
@@ -831,61 +1144,174 @@ def _failure_outcome(row: Sequence, error: str, event: str, requested_delay: flo
 
 
 @dataclasses.dataclass
+class _Request:
+    """What a worker asks of the store in one round trip."""
+
+    outcomes: Sequence[_Outcome] = ()
+    wants: dict[str, int] = dataclasses.field(default_factory=dict)  # queue -> free slots
+    names: Sequence[str] = ()  # the job names the worker can run
+    housekeeping: bool = False  # watchdog, recurring ticks and retention this time
+    look_for_cancels: bool = False
+    prune_before: float | None = None  # delete done/cancelled rows finished before this
+    compact: bool = False
+
+
+@dataclasses.dataclass
 class _Exchange:
-    """The result of one worker round trip to the store."""
+    """What the store answers."""
 
-    claimed: dict[str, list[tuple]]
-    written: list[_Outcome]
-    next_due: float | None
+    now: float  # the store's clock when the transaction ran
     data_version: int
+    claimed: dict[str, list[tuple]] = dataclasses.field(default_factory=dict)
+    written: list[_Outcome] = dataclasses.field(default_factory=list)
+    cancels: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (id, lease)
+    enqueued: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)
+    next_due: float | None = None
+    more_to_prune: bool = False
 
 
-def _exchange(conn: sqlite3.Connection, outcomes: Sequence[_Outcome], wants: dict[str, int],
-              names: Sequence[str], reap: bool, now: float) -> _Exchange:
-    """A worker's whole round trip in one transaction: record finished
-    attempts, fail expired ones (the watchdog), claim new ones, and see when
-    the next scheduled job falls due."""
-    version = conn.execute("PRAGMA data_version").fetchone()[0]
-    expired = conn.execute(_SQL_EXPIRED, (now,)).fetchall() if reap else []
-    written: list[_Outcome] = []
-    claimed: dict[str, list[tuple]] = {}
-    if not (outcomes or expired or wants):
-        next_due = conn.execute(_SQL_NEXT_DUE, (now,)).fetchone()[0]
-        return _Exchange(claimed, written, next_due, version)
+def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], float]) -> _Exchange:
+    """A worker's whole round trip: record finished attempts, fail expired
+    ones (the watchdog), enqueue recurring ticks, prune old rows, claim new
+    jobs, and see when the next scheduled one falls due.
 
-    def write(conn: sqlite3.Connection) -> float | None:
+    Reads come first; the write transaction is begun only when there is
+    something to write, so an idle worker writes nothing.
+    """
+    answer = _Exchange(clock(), conn.execute("PRAGMA data_version").fetchone()[0])
+    if request.look_for_cancels:
+        answer.cancels = conn.execute(_SQL_CANCEL_REQUESTED).fetchall()
+    expired = recurring = False
+    if request.housekeeping:
+        expired = conn.execute(_SQL_EXPIRED + " LIMIT 1", (answer.now,)).fetchone() is not None
+        recurring = conn.execute(_SQL_RECURRING_DUE + " LIMIT 1", (answer.now,)).fetchone() is not None
+    if not (request.outcomes or request.wants or expired or recurring or request.prune_before or request.compact):
+        answer.next_due = conn.execute(_SQL_NEXT_DUE, (answer.now,)).fetchone()[0]
+        return answer
+
+    def write(conn: sqlite3.Connection) -> None:
         # Runs again from the top if the transaction is retried after "busy".
-        written.clear()
-        claimed.clear()
-        todo = list(outcomes)
+        # The clock is read once the write lock is held: a claim that waited
+        # for the lock must not start with a deadline already gone by.
+        now = answer.now = clock()
+        answer.written, answer.claimed, answer.enqueued = [], {}, []
+        todo = list(request.outcomes)
         for row in conn.execute(_SQL_EXPIRED, (now,)).fetchall() if expired else ():
             error = f"TimeoutError: attempt {row[3]} did not finish within {row[8]} ms (failed by the watchdog)"
             todo.append(_failure_outcome(row, error, "timeout"))
+        finished: dict[tuple[str, str], int] = {}
         for outcome in todo:
-            if conn.execute(_SQL_RECORD_OUTCOME, outcome.as_params(now)).rowcount:
-                written.append(outcome)
-        for queue, limit in wants.items():
-            rows = conn.execute(_sql_claim(len(names)), (now, queue, limit, *names)).fetchall()
+            row = conn.execute(_SQL_RECORD_OUTCOME, outcome.as_params(now)).fetchone()
+            if row is None:
+                continue  # fenced out: this attempt no longer owns the row
+            if row[0] != outcome.state:  # a retry of a job whose cancellation was asked for
+                outcome = dataclasses.replace(outcome, state=row[0], event="cancellation")
+            answer.written.append(outcome)
+            if outcome.state in ("done", "dead"):
+                finished[outcome.queue, outcome.state] = finished.get((outcome.queue, outcome.state), 0) + 1
+        hour = int(now // 3600)
+        conn.executemany(_SQL_COUNT_OUTCOME, [(q, s, hour, n) for (q, s), n in finished.items()])
+        if recurring:
+            answer.enqueued = _enqueue_recurring(conn, now)
+        if request.prune_before is not None:
+            pruned = conn.execute(_SQL_PRUNE, (request.prune_before, _PRUNE_BATCH)).rowcount
+            answer.more_to_prune = pruned == _PRUNE_BATCH
+        if request.compact:
+            _compact_counts(conn, now)
+        for queue, limit in request.wants.items():
+            rows = conn.execute(_sql_claim(len(request.names)), (now, queue, limit, *request.names)).fetchall()
             # RETURNING gives rows in no promised order: restore the claim's.
             rows.sort(key=lambda r: (-r[10], r[11], r[0]))
-            claimed[queue] = rows
-        return conn.execute(_SQL_NEXT_DUE, (now,)).fetchone()[0]
+            answer.claimed[queue] = rows
+        answer.next_due = conn.execute(_SQL_NEXT_DUE, (now,)).fetchone()[0]
 
-    next_due = _with_retries(conn, write, write=True)
-    return _Exchange(claimed, written, next_due, version)
+    _with_retries(conn, write, write=True)
+    return answer
 
 
 def _data_version(conn: sqlite3.Connection) -> int:
     return conn.execute("PRAGMA data_version").fetchone()[0]
 
 
-class Store:
+class JobFailed(LiteJobsError):
+    """``Store.wait`` found the job dead or cancelled; ``.job`` is its JobInfo."""
+
+    def __init__(self, job: JobInfo) -> None:
+        self.job = job
+        reason = job.last_error.splitlines()[-1] if job.last_error else "no error recorded"
+        super().__init__(f"job {job.id} ({job.name}) is {job.state.value}: {reason}")
+
+
+def _check_state(state: Any, allowed: Iterable[str], what: str) -> str | None:
+    if state is None:
+        return None
+    value = state.value if isinstance(state, JobState) else state
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {', '.join(allowed)}; got {state!r}")
+    return value
+
+
+class _StoreCalls:
+    """The calls the async Store and the sync twin share, written once.
+
+    Each returns ``self._run(...)``: on the Store that is awaitable, on the
+    sync twin it is the answer itself.
+    """
+
+    clock: Callable[[], float]
+    _run: Callable[..., Any]
+
+    def get(self, job_id: int) -> Any:
+        """The job's current row as a JobInfo, or None if there is no such id."""
+        return self._run(_get_job, job_id)
+
+    def stats(self) -> Any:
+        """Counts per queue: a dict of queue name to QueueStats."""
+        return self._run(_stats, self.clock)
+
+    def jobs(self, *, state: str | JobState | None = None, queue: str | None = None,
+             name: str | None = None, limit: int = 100, offset: int = 0) -> Any:
+        """Jobs newest first, filtered by state, queue and name."""
+        state = _check_state(state, [s.value for s in JobState], "state")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be an int >= 0, got {offset!r}")
+        return self._run(_list_jobs, state, queue, name, limit, offset)
+
+    def retry(self, job_id: int) -> Any:
+        """Put a done, dead or cancelled job back to pending with attempts reset; 1 if it was."""
+        return self._run(_retry_jobs, job_id, None, self.clock, write=True)
+
+    def retry_dead(self, queue: str | None = None) -> Any:
+        """Put every dead job (of ``queue``) back to pending; returns how many."""
+        return self._run(_retry_jobs, None, queue, self.clock, write=True)
+
+    def every(self, interval: float | timedelta, job: Job, *, key: str | None = None) -> Any:
+        """Enqueue ``job`` every ``interval`` (at least 1 s), under ``key`` (default: its NAME)."""
+        seconds = _seconds(interval, "interval")
+        if seconds < 1:
+            raise ValueError(f"interval must be at least 1 second, got {seconds:g}s")
+        row = new_job(job)
+        key = row.name if key is None else key
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"key must be a non-empty str, got {key!r}")
+        return self._run(_set_recurring, key, seconds, row, self.clock, write=True)
+
+    def unschedule(self, key: str) -> Any:
+        """Remove a recurring schedule; True if there was one."""
+        return self._run(_unset_recurring, key, write=True)
+
+
+class Store(_StoreCalls):
     """Jobs in one SQLite file.  Get one with ``litejobs.connect(path)``."""
 
-    def __init__(self, db: aiosqlite.Connection, path: str, clock: Callable[[], float]) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: str, clock: Callable[[], float],
+                 keep_done: float) -> None:
         self._db = db
         self.path = path
         self.clock = clock
+        self.keep_done = keep_done
         self._event_callbacks: list[Callable[[Event], Any]] = []
         self._wakers: set[Callable[[], None]] = set()
 
@@ -905,7 +1331,7 @@ class Store:
             raise StoreError(f"{self.path}: {exc}") from exc
 
     async def close(self) -> None:
-        """Close the connection; pending writes have all been committed."""
+        """Close the connection; every acknowledged write is already committed."""
         await self._db.close()
 
     async def __aenter__(self) -> Store:
@@ -926,24 +1352,63 @@ class Store:
 
     async def enqueue_many(self, jobs: Iterable[Job | NewJob], **options: Any) -> list[int]:
         """Store many jobs in one transaction: all of them or none."""
-        rows = [job if isinstance(job, NewJob) else new_job(job, **options) for job in jobs]
+        rows = _new_jobs(jobs, options)
         if not rows:
             return []
-        ids = await self._run(_insert_jobs, rows, self.clock(), write=True)
-        for job_id, row in zip(ids, rows):
-            self._emit(Event("enqueue", job_id, row.name, row.queue))
+        ids = await self._run(_insert_jobs, rows, self.clock, write=True)
+        for (job_id, inserted), row in zip(ids, rows):
+            if inserted:
+                self._emit(Event("enqueue", job_id, row.name, row.queue))
         self._wake_workers()
-        return ids
+        return [job_id for job_id, _ in ids]
 
-    async def get(self, job_id: int) -> JobInfo | None:
-        """The job's current row, or None if there is no such id."""
-        return await self._run(_get_job, job_id)
+    # -- inspection and repair ---------------------------------------------
+
+    async def cancel(self, job_id: int) -> JobState:
+        """Cancel a job: a pending one at once; a running one is asked to stop,
+        and its worker cancels it within its poll interval.  Returns the state now."""
+        state = await self._run(_cancel_job, job_id, self.clock, write=True)
+        self._wake_workers()
+        return state
+
+    async def purge(self, *, state: str | JobState, older_than: float | timedelta = 0) -> int:
+        """Delete done, dead or cancelled jobs that finished over ``older_than`` ago."""
+        state = _check_state(state, ("done", "dead", "cancelled"), "purge state")
+        before = self.clock() - _seconds(older_than, "older_than")
+        total = 0
+        while True:  # batch by batch, so the write lock is never held for long
+            deleted = await self._run(_purge_jobs, state, before, write=True)
+            total += deleted
+            if deleted < _PRUNE_BATCH:
+                return total
+
+    async def wait(self, job_id: int, timeout: float | None = None) -> Any:
+        """Wait for the job to finish and return its result.
+
+        Raises JobFailed if it ended dead or cancelled, TimeoutError after
+        ``timeout`` seconds, LookupError if there is no such job.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + _seconds(timeout, "timeout")
+        pause = 0.005
+        while True:
+            info = await self.get(job_id)
+            if info is None:
+                raise LookupError(f"no job with id {job_id}")
+            if info.state is JobState.DONE:
+                return info.result
+            if info.state in (JobState.DEAD, JobState.CANCELLED):
+                raise JobFailed(info)
+            if deadline is not None and loop.time() >= deadline:
+                raise TimeoutError(f"job {job_id} is still {info.state.value} after {timeout}s")
+            await asyncio.sleep(pause if deadline is None else min(pause, max(deadline - loop.time(), 0)))
+            pause = min(pause * 2, 0.1)
 
     # -- events and wake-ups ----------------------------------------------
 
     def on_event(self, callback: Callable[[Event], Any]) -> Callable[[], None]:
-        """Call ``callback(event)`` for everything that happens to jobs here;
-        returns a function that unsubscribes it."""
+        """Call ``callback(event)`` for everything that happens to jobs here,
+        from this store and its workers; returns a function that unsubscribes."""
         self._event_callbacks.append(callback)
         return lambda: self._event_callbacks.remove(callback)
 
@@ -962,41 +1427,52 @@ class Store:
 
     # -- the seam the worker uses; a PostgreSQL store implements the same --
 
-    async def exchange(self, outcomes: Sequence[_Outcome], wants: dict[str, int],
-                       names: Sequence[str], reap: bool) -> _Exchange:
-        """Record outcomes, run the watchdog, claim up to ``wants[queue]`` due jobs."""
-        return await self._run(_exchange, outcomes, wants, names, reap, self.clock())
+    async def exchange(self, request: _Request) -> _Exchange:
+        """One worker round trip: outcomes in, watchdog and housekeeping, claims out."""
+        return await self._run(_exchange, request, self.clock)
 
     async def data_version(self) -> int:
         """A number that changes whenever another connection commits: the cheap check."""
         return await self._run(_data_version)
 
+    async def register_worker(self, worker_id: str, names: Sequence[str]) -> None:
+        await self._run(_register_worker, worker_id, names, self.clock, write=True)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._run(_unregister_worker, worker_id, write=True)
+
+
+def _parse_options(options: dict[str, Any]) -> tuple[str, Callable[[], float], float]:
+    options = dict(options)
+    synchronous = str(options.pop("synchronous", "NORMAL")).upper()
+    if synchronous not in ("NORMAL", "FULL"):
+        raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
+    clock = options.pop("clock", time.time)
+    keep_done = _seconds(options.pop("keep_done", 86_400), "keep_done")
+    if options:
+        raise TypeError(f"connect() got unknown option(s): {', '.join(sorted(options))}")
+    return synchronous, clock, keep_done
+
 
 class _Connector:
     """What ``connect`` returns: awaitable, and an async context manager."""
 
-    def __init__(self, path: str, options: dict[str, Any]) -> None:
+    def __init__(self, path: str | os.PathLike, options: dict[str, Any]) -> None:
         self._path = path
         self._options = options
         self._store: Store | None = None
 
     async def _open(self) -> Store:
-        options = dict(self._options)
-        synchronous = str(options.pop("synchronous", "NORMAL")).upper()
-        if synchronous not in ("NORMAL", "FULL"):
-            raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
-        clock = options.pop("clock", time.time)
-        if options:
-            raise TypeError(f"connect() got unknown option(s): {', '.join(sorted(options))}")
+        synchronous, clock, keep_done = _parse_options(self._options)
         path = os.fspath(self._path)
         _create_private_file(path)
         try:
             db = await aiosqlite.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {path!r}: {exc}") from None
-        store = Store(db, path, clock)
+        store = Store(db, path, clock, keep_done)
         try:
-            await store._run(_open_schema, synchronous)
+            await store._run(_open_schema, path, synchronous)
         except BaseException:
             await db.close()
             raise
@@ -1017,10 +1493,95 @@ class _Connector:
 def connect(path: str | os.PathLike, **options: Any) -> _Connector:
     """Open (and create) the job database at ``path``.
 
-    Options: ``synchronous`` ("NORMAL", or "FULL" to survive power loss) and
-    ``clock`` (a function returning epoch seconds, for tests).
+    Options: ``synchronous`` ("NORMAL", or "FULL" to survive power loss),
+    ``keep_done`` (seconds or timedelta to keep done and cancelled jobs,
+    default one day) and ``clock`` (a function returning epoch seconds, for tests).
     """
     return _Connector(path, options)
+
+
+# --------------------------------------------------------------------------
+# The synchronous twin, for code with no event loop
+# --------------------------------------------------------------------------
+
+
+class SyncStore(_StoreCalls):
+    """The store on the stdlib ``sqlite3``, for a Flask view or a cron script.
+
+    Same file, same schema, same SQL as ``Store``; get one with
+    ``litejobs.connect_sync(path)``.  Workers in other processes see its
+    jobs within their poll interval.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, create: bool = True, **options: Any) -> None:
+        synchronous, self.clock, self.keep_done = _parse_options(options)
+        self.path = os.fspath(path)
+        if not create and not os.path.exists(self.path):
+            raise StoreError(f"{self.path}: no such file")
+        _create_private_file(self.path)
+        try:
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.path!r}: {exc}") from None
+        self._lock = threading.Lock()
+        try:
+            self._run(_open_schema, self.path, synchronous)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _run(self, fn: Callable, *args: Any, write: bool = False) -> Any:
+        with self._lock:
+            try:
+                return _with_retries(self._conn, fn, *args, write=write)
+            except sqlite3.ProgrammingError as exc:
+                raise StoreError(f"{self.path}: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> SyncStore:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def enqueue(self, job: Job | NewJob, **options: Any) -> int:
+        """Store one job and return its id.  Options are those of ``new_job``."""
+        return self.enqueue_many([job], **options)[0]
+
+    def schedule(self, job: Job | NewJob, *, at: datetime, **options: Any) -> int:
+        """Store a job due at the aware datetime ``at``."""
+        return self.enqueue(job, run_at=at, **options)
+
+    def enqueue_many(self, jobs: Iterable[Job | NewJob], **options: Any) -> list[int]:
+        """Store many jobs in one transaction: all of them or none."""
+        rows = _new_jobs(jobs, options)
+        if not rows:
+            return []
+        return [job_id for job_id, _ in self._run(_insert_jobs, rows, self.clock, write=True)]
+
+    def cancel(self, job_id: int) -> JobState:
+        """Cancel a pending job, or ask the worker running it to stop."""
+        return self._run(_cancel_job, job_id, self.clock, write=True)
+
+    def purge(self, *, state: str | JobState, older_than: float | timedelta = 0) -> int:
+        """Delete done, dead or cancelled jobs that finished over ``older_than`` ago."""
+        state = _check_state(state, ("done", "dead", "cancelled"), "purge state")
+        before = self.clock() - _seconds(older_than, "older_than")
+        total = 0
+        while True:
+            deleted = self._run(_purge_jobs, state, before, write=True)
+            total += deleted
+            if deleted < _PRUNE_BATCH:
+                return total
+
+
+def connect_sync(path: str | os.PathLike, **options: Any) -> SyncStore:
+    """Open (and create) the job database at ``path`` without asyncio."""
+    return SyncStore(path, **options)
 
 
 # --------------------------------------------------------------------------
@@ -1031,7 +1592,7 @@ def connect(path: str | os.PathLike, **options: Any) -> _Connector:
 @dataclasses.dataclass(eq=False)
 class _Attempt:
     row: tuple
-    job: Job | None
+    job: Job
     started: float
     task: asyncio.Task | None = None
     timer: asyncio.TimerHandle | None = None
@@ -1046,9 +1607,26 @@ class _Attempt:
     def queue(self) -> str:
         return self.row[2]
 
+    def limits(self) -> tuple:
+        """The claimed row in the order _failure_outcome reads it."""
+        job_id, name, queue, _payload, attempts, lease, max_retries, backoff, backoff_value = self.row[:9]
+        return (job_id, name, queue, attempts, lease, max_retries, backoff, backoff_value)
+
+    def outcome(self, state: str, event: str, **fields: Any) -> _Outcome:
+        row = self.row
+        return _Outcome(row[0], row[5], state, event, row[1], row[2], row[4], **fields)
+
 
 def _format_error(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+
+
+def _set_future(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if not future.done():
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
 
 
 class Worker:
@@ -1090,27 +1668,34 @@ class Worker:
             concurrency = {}
         elif not isinstance(concurrency, dict):
             raise TypeError(f"concurrency must be an int or a dict of queue -> int, got {concurrency!r}")
+        if isinstance(queues, str):
+            raise TypeError(f"queues must be a list of queue names, not the str {queues!r}")
         served = {cls.QUEUE for cls in self._registry.values()} | set(queues) | set(concurrency)
         self._capacity = {queue: concurrency.get(queue, per_queue) for queue in sorted(served)}
         for queue, slots in self._capacity.items():
             if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
                 raise ValueError(f"concurrency for queue {queue!r} must be an int >= 1, got {slots!r}")
         self.poll_interval = _seconds(poll_interval, "poll_interval")
+        if self.poll_interval <= 0:
+            raise ValueError("poll_interval must be more than 0 seconds")
         self.shutdown_timeout = _seconds(shutdown_timeout, "shutdown_timeout")
         self._state_source = state
         self.state: Any = None
+        self._id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._running: dict[str, int] = dict.fromkeys(self._capacity, 0)
         # A set, not a dict by id: after the watchdog takes a job away from a
         # frozen attempt, this worker may claim the same job again.
         self._attempts: set[_Attempt] = set()
         self._outcomes: list[_Outcome] = []
         self._wake = asyncio.Event()
+        self._stopping = False
         self._check_due = True  # something may be claimable: ask the store
+        self._check_cancels = False  # a cancellation may have been asked for
         self._backlog: set[str] = set()  # queues whose last claim came back full
         self._next_due: float | None = None
-        self._next_reap = 0.0
-        self._stopping = False
-        self._executor: ThreadPoolExecutor | None = None
+        self._next_housekeeping = 0.0
+        self._more_to_prune = False
+        self._next_compact = 0.0
         self._task: asyncio.Task | None = None
         self.claims = 0  # round trips that asked the store for jobs; tests watch it
 
@@ -1133,21 +1718,27 @@ class Worker:
     async def run(self, *, handle_signals: bool = True) -> None:
         """Serve jobs until ``stop()``, SIGINT or SIGTERM, then stop gracefully."""
         loop = asyncio.get_running_loop()
-        self._stopping = False
-        self._wake = asyncio.Event()
         self.state = await self._make_state()
         signals = self._install_signal_handlers(loop) if handle_signals else []
         self.store._wakers.add(self._notify)
+        await self.store.register_worker(self._id, self._names)
         logger.info("worker started: queues %s, jobs %s", self._capacity, self._names)
         try:
             await self._serve()
+        except asyncio.CancelledError:
+            # run() itself was cancelled: hand back what runs and record what
+            # finished, so that nothing waits for the watchdog.
+            await asyncio.shield(self._hand_back_all())
+            raise
         finally:
             self.store._wakers.discard(self._notify)
             for sig in signals:
                 loop.remove_signal_handler(sig)
-            if self._executor is not None:
-                self._executor.shutdown(wait=False)
-                self._executor = None
+            try:
+                await asyncio.shield(self.store.unregister_worker(self._id))
+            except (StoreError, asyncio.CancelledError):
+                pass
+            self._stopping = False
             logger.info("worker stopped")
 
     async def _make_state(self) -> Any:
@@ -1170,11 +1761,39 @@ class Worker:
         return installed
 
     def _notify(self) -> None:
-        """A job was enqueued in this process: look now, not at the next poll."""
+        """Something was enqueued or cancelled in this process: look now."""
         self._check_due = True
+        self._check_cancels = True
         self._wake.set()
 
     # -- the loop: one round trip to the store at a time -------------------
+
+    def _request(self, now: float) -> _Request:
+        """What to ask of the store this time round."""
+        request = _Request(names=self._names)
+        if not self._stopping:
+            if self._next_due is not None and now >= self._next_due:
+                self._check_due = True
+                self._next_due = None
+            for queue, capacity in self._capacity.items():
+                free = capacity - self._running[queue]
+                if free > 0 and (self._check_due or queue in self._backlog):
+                    request.wants[queue] = free
+            if request.wants:
+                self._check_due = False
+                self.claims += 1
+            if now >= self._next_housekeeping:
+                self._next_housekeeping = now + _WATCHDOG_INTERVAL
+                request.housekeeping = True
+            if request.housekeeping or self._more_to_prune:
+                request.prune_before = now - self.store.keep_done
+            if now >= self._next_compact:
+                self._next_compact = now + 6 * 3600
+                request.compact = True
+        request.look_for_cancels = self._check_cancels and bool(self._attempts)
+        self._check_cancels = False
+        request.outcomes, self._outcomes = self._outcomes, []
+        return request
 
     async def _serve(self) -> None:
         store = self.store
@@ -1183,63 +1802,41 @@ class Worker:
         stop_deadline: float | None = None
         failures = 0
         while True:
-            now = store.clock()
-            if self._stopping and stop_deadline is None:
-                stop_deadline = loop.time() + self.shutdown_timeout
-                logger.info("stopping: waiting for %d running job(s)", len(self._attempts))
-            if stop_deadline is not None and loop.time() >= stop_deadline and self._attempts:
-                await self._abandon_running()
-            if self._stopping and not self._attempts and not self._outcomes:
-                return
-
-            if self._next_due is not None and now >= self._next_due:
-                self._check_due = True
-            wants = {}
-            if not self._stopping:
-                for queue, capacity in self._capacity.items():
-                    free = capacity - self._running[queue]
-                    if free > 0 and (self._check_due or queue in self._backlog):
-                        wants[queue] = free
-            reap = now >= self._next_reap
-            outcomes, self._outcomes = self._outcomes, []
-            if outcomes or wants or reap:
-                self._check_due = False
-                if wants:
-                    self.claims += 1
+            if self._stopping:
+                if stop_deadline is None:
+                    stop_deadline = loop.time() + self.shutdown_timeout
+                    logger.info("stopping: waiting for %d running job(s)", len(self._attempts))
+                if self._attempts and loop.time() >= stop_deadline:
+                    await self._abandon_running()
+                if not self._attempts and not self._outcomes:
+                    return
+            request = self._request(store.clock())
+            if (request.outcomes or request.wants or request.housekeeping or request.look_for_cancels
+                    or request.prune_before is not None):
                 try:
-                    result = await store.exchange(outcomes, wants, self._names, reap)
+                    answer = await store.exchange(request)
                 except StoreError as exc:
                     # Nothing was written: keep the outcomes and try again.
                     # Fencing makes a late write harmless, so none is lost.
                     failures += 1
-                    self._outcomes[:0] = outcomes
-                    self._check_due = self._check_due or bool(wants)
+                    self._outcomes[:0] = request.outcomes
+                    self._check_due |= bool(request.wants)
+                    self._check_cancels |= request.look_for_cancels
+                    if stop_deadline is not None and loop.time() >= stop_deadline and failures >= 3:
+                        logger.error("giving up on recording %d outcome(s) while stopping: %s; the watchdog "
+                                     "will retry those jobs", len(self._outcomes), exc)
+                        self._outcomes.clear()
+                        return
                     logger.warning("store round trip failed (try %d), retrying: %s", failures, exc)
                     await asyncio.sleep(min(0.05 * 2**failures, 2.0))
                     continue
                 failures = 0
-                if reap:
-                    self._next_reap = now + _WATCHDOG_INTERVAL
-                if last_version is not None and result.data_version != last_version:
-                    self._check_due = True
-                last_version = result.data_version
-                self._next_due = result.next_due
-                for outcome in result.written:
-                    self._emit_outcome(outcome)
-                    if outcome.state == "pending" and outcome.delay is not None:
-                        # The store's next_due only sees jobs due later than
-                        # now; a retry due at once must wake us too.
-                        due = now + outcome.delay
-                        self._next_due = due if self._next_due is None else min(self._next_due, due)
-                for queue, rows in result.claimed.items():
-                    if len(rows) == wants[queue]:
-                        self._backlog.add(queue)
-                    else:
-                        self._backlog.discard(queue)
-                    for row in rows:
-                        self._start(row)
-                if self._outcomes or any(q in self._backlog and self._running[q] < c
-                                         for q, c in self._capacity.items()):
+                self._take_answer(request, answer)
+                if last_version is not None and answer.data_version != last_version:
+                    self._check_due = self._check_cancels = True
+                last_version = answer.data_version
+                if self._outcomes or self._more_to_prune or any(
+                        q in self._backlog and self._running[q] < c for q, c in self._capacity.items()):
                     await asyncio.sleep(0)  # let finished jobs report, then go again
                     continue
 
@@ -1251,24 +1848,48 @@ class Worker:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except asyncio.TimeoutError:
-                if not self._stopping and any(
-                        c > self._running[q] for q, c in self._capacity.items()):
+                if not self._stopping:
                     try:
                         version = await store.data_version()
                     except StoreError as exc:
                         logger.warning("could not check the database for changes: %s", exc)
                     else:
                         if version != last_version:
-                            self._check_due = True
+                            self._check_due = self._check_cancels = True
                             last_version = version
             self._wake.clear()
+
+    def _take_answer(self, request: _Request, answer: _Exchange) -> None:
+        emit = self.store._emit
+        self._next_due = answer.next_due
+        self._more_to_prune = answer.more_to_prune
+        for job_id, name, queue in answer.enqueued:
+            emit(Event("enqueue", job_id, name, queue))
+        for outcome in answer.written:
+            self._emit_outcome(outcome)
+            if outcome.state == "pending" and outcome.delay is not None:
+                # The store's next_due only sees jobs due later than now; a
+                # retry due at once must wake us too.
+                due = answer.now + outcome.delay
+                self._next_due = due if self._next_due is None else min(self._next_due, due)
+        if answer.cancels:
+            asked = set(answer.cancels)
+            for attempt in list(self._attempts):
+                if (attempt.job_id, attempt.row[5]) in asked:
+                    self._cancel_attempt(attempt)
+        for queue, rows in answer.claimed.items():
+            if len(rows) == request.wants[queue]:
+                self._backlog.add(queue)
+            else:
+                self._backlog.discard(queue)
+            for row in rows:
+                self._start(row)
 
     # -- running one attempt -----------------------------------------------
 
     def _start(self, row: tuple) -> None:
         job_id, name, queue, payload, attempt_no = row[:5]
         cls = self._registry[name]
-        loop = asyncio.get_running_loop()
         try:
             job = cls.from_payload(orjson.loads(payload))
             if not isinstance(job, cls):
@@ -1277,8 +1898,10 @@ class Worker:
             # It can never succeed, so retrying would only repeat the error.
             error = f"cannot decode the payload of job {name!r} (id {job_id}): {type(exc).__name__}: {exc}"
             logger.error("%s", error)
-            self._record(_failure_outcome(self._limits(row), error, "failure", dead_now=True))
+            attempt = _Attempt(row, None, time.monotonic())  # type: ignore[arg-type]
+            self._record(_failure_outcome(attempt.limits(), error, "failure", dead_now=True))
             return
+        loop = asyncio.get_running_loop()
         attempt = _Attempt(row, job, time.monotonic())
         self._running[queue] += 1
         self._attempts.add(attempt)
@@ -1287,35 +1910,50 @@ class Worker:
         attempt.task.add_done_callback(functools.partial(self._finished, attempt))
         attempt.timer = loop.call_later(row[9] / 1000, self._timed_out, attempt)
 
-    @staticmethod
-    def _limits(row: tuple) -> tuple:
-        """The claimed row in the order _failure_outcome reads it."""
-        job_id, name, queue, _payload, attempts, lease, max_retries, backoff, backoff_value = row[:9]
-        return (job_id, name, queue, attempts, lease, max_retries, backoff, backoff_value)
-
     async def _call_run(self, attempt: _Attempt) -> Any:
-        job = attempt.job
-        assert job is not None
-        _current_job.set(JobContext(attempt.job_id, attempt.row[1], attempt.queue, attempt.row[4], self.store))
+        job, name = attempt.job, attempt.row[1]
+        _current_job.set(JobContext(attempt.job_id, name, attempt.queue, attempt.row[4], self.store))
         span = job.span()
         if span is None:
-            return await self._call_run_bare(job, attempt.row[1])
+            return await self._call_run_bare(job, name)
         if hasattr(span, "__aenter__"):
             async with span:
-                return await self._call_run_bare(job, attempt.row[1])
+                return await self._call_run_bare(job, name)
         with span:
-            return await self._call_run_bare(job, attempt.row[1])
+            return await self._call_run_bare(job, name)
 
     async def _call_run_bare(self, job: Job, name: str) -> Any:
         if self._sync_run[name]:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(sum(self._capacity.values()), "litejobs")
-            context = contextvars.copy_context()
-            result = await asyncio.get_running_loop().run_in_executor(
-                self._executor, context.run, job.run, self.state)
+            result = await self._run_in_thread(job.run, self.state)
         else:
             result = await job.run(self.state)
         return await result if inspect.isawaitable(result) else result
+
+    @staticmethod
+    async def _run_in_thread(fn: Callable, *args: Any) -> Any:
+        """Run a plain ``def run`` in a thread of its own.
+
+        Not a pool: a job stuck past its timeout keeps its thread, and in a
+        pool it would hold up the jobs queued behind it.  The thread is a
+        daemon, so a stuck one never keeps the process from exiting.
+        """
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        context = contextvars.copy_context()
+
+        def target() -> None:
+            result, error = None, None
+            try:
+                result = context.run(fn, *args)
+            except BaseException as exc:  # handed to the awaiting task
+                error = exc
+            try:
+                loop.call_soon_threadsafe(_set_future, future, result, error)
+            except RuntimeError:  # the loop closed while the job ran
+                pass
+
+        threading.Thread(target=target, name="litejobs-sync-job", daemon=True).start()
+        return await future
 
     def _settle(self, attempt: _Attempt) -> bool:
         """Mark the attempt decided, once; frees its slot for the next claim."""
@@ -1333,30 +1971,25 @@ class Worker:
             if not task.cancelled() and task.exception() is not None:
                 logger.debug("job %s ended after its attempt was given up: %r", attempt.job_id, task.exception())
             return
-        row = attempt.row
         duration = time.monotonic() - attempt.started
-        limits = self._limits(row)
         if task.cancelled():
             if attempt.stopping:
-                outcome = _Outcome(row[0], row[5], "pending", "requeue", row[1], row[2], row[4], uncount=1)
+                outcome = attempt.outcome("pending", "requeue", uncount=1)
             else:
-                outcome = _failure_outcome(limits, "CancelledError: the job's task was cancelled", "failure",
-                                           duration=duration)
+                outcome = _failure_outcome(attempt.limits(), "CancelledError: the job's task was cancelled",
+                                           "failure", duration=duration)
         elif task.exception() is None:
-            outcome = _Outcome(row[0], row[5], "done", "success", row[1], row[2], row[4], duration=duration)
+            outcome = attempt.outcome("done", "success", duration=duration)
             try:
                 outcome.result = orjson.dumps(task.result()).decode()
             except TypeError as exc:
-                outcome.error = f"the result could not be stored: {exc}"
+                outcome.error = f"the job succeeded, but its result could not be stored: {exc}"
         else:
             exc = task.exception()
-            error = _format_error(exc)
-            if isinstance(exc, Abort):
-                outcome = _failure_outcome(limits, error, "failure", dead_now=True, duration=duration)
-            elif isinstance(exc, Retry):
-                outcome = _failure_outcome(limits, error, "failure", requested_delay=exc.delay, duration=duration)
-            else:
-                outcome = _failure_outcome(limits, error, "failure", duration=duration)
+            outcome = _failure_outcome(
+                attempt.limits(), _format_error(exc), "failure", duration=duration,
+                dead_now=isinstance(exc, Abort),
+                requested_delay=exc.delay if isinstance(exc, Retry) else None)
         self._record(outcome)
 
     def _timed_out(self, attempt: _Attempt) -> None:
@@ -1368,8 +2001,16 @@ class Worker:
         attempt.task.cancel()
         error = f"TimeoutError: job {row[1]!r} (id {row[0]}) exceeded its timeout of {row[9]} ms"
         logger.warning("%s", error)
-        self._record(_failure_outcome(self._limits(row), error, "timeout",
+        self._record(_failure_outcome(attempt.limits(), error, "timeout",
                                       duration=time.monotonic() - attempt.started))
+
+    def _cancel_attempt(self, attempt: _Attempt) -> None:
+        """``cancel(id)`` was asked for a job running here: stop it, do not retry it."""
+        if not self._settle(attempt):
+            return
+        attempt.task.cancel()
+        self._record(attempt.outcome("cancelled", "cancellation", error="CancelledError: cancelled on request",
+                                     duration=time.monotonic() - attempt.started))
 
     def _record(self, outcome: _Outcome) -> None:
         self._outcomes.append(outcome)
@@ -1385,15 +2026,27 @@ class Worker:
         await asyncio.wait([a.task for a in attempts], timeout=1.0)
         for attempt in attempts:  # those that ignored the cancellation
             if self._settle(attempt):
-                row = attempt.row
-                self._record(_Outcome(row[0], row[5], "pending", "requeue", row[1], row[2], row[4], uncount=1))
+                self._record(attempt.outcome("pending", "requeue", uncount=1))
+
+    async def _hand_back_all(self) -> None:
+        for attempt in list(self._attempts):
+            attempt.stopping = True
+            attempt.task.cancel()
+            if self._settle(attempt):
+                self._record(attempt.outcome("pending", "requeue", uncount=1))
+        outcomes, self._outcomes = self._outcomes, []
+        if outcomes:
+            try:
+                await self.store.exchange(_Request(outcomes=outcomes, names=self._names))
+            except StoreError as exc:
+                logger.error("could not record %d outcome(s) on the way out: %s", len(outcomes), exc)
 
     def _emit_outcome(self, outcome: _Outcome) -> None:
-        emit = self.store._emit
-        base = (outcome.job_id, outcome.name, outcome.queue, outcome.attempt, outcome.duration)
         if outcome.event == "requeue":
             return
-        emit(Event(outcome.event, *base, error=outcome.error if outcome.event != "success" else None))
+        emit = self.store._emit
+        base = (outcome.job_id, outcome.name, outcome.queue, outcome.attempt, outcome.duration)
+        emit(Event(outcome.event, *base, error=None if outcome.event == "success" else outcome.error))
         if outcome.event in ("failure", "timeout"):
             emit(Event("retry" if outcome.state == "pending" else "death", *base, error=outcome.error))
 

@@ -620,10 +620,11 @@ def test_job_not_claimed_before_it_is_due(db):
     async def main():
         async with litejobs.connect(db, clock=clock) as store:
             job_id = await store.enqueue(Noop(), delay=60)
-            exchange = await store.exchange([], {"default": 10}, ["noop"], reap=False)
+            request = litejobs._Request(wants={"default": 10}, names=["noop"])
+            exchange = await store.exchange(request)
             assert exchange.claimed["default"] == [] and exchange.next_due == T0 + 60
             clock.advance(60)
-            exchange = await store.exchange([], {"default": 10}, ["noop"], reap=False)
+            exchange = await store.exchange(request)
             assert [row[0] for row in exchange.claimed["default"]] == [job_id]
 
     run(main())
