@@ -77,6 +77,8 @@ import os
 import signal
 import socket
 import sqlite3
+import sys
+import textwrap
 import threading
 import time
 import traceback
@@ -2118,22 +2120,283 @@ async def _demo(path: str) -> int:
 # The command line
 # --------------------------------------------------------------------------
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line: ``litejobs demo``; see ``litejobs --help``."""
+
+def _parse_duration(text: str) -> float:
+    """'90s', '15m', '2h', '7d', '1w' or plain seconds, as seconds."""
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in _DURATION_UNITS else (text, "s")
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        raise ValueError(f"bad duration {text!r}: use a number with s, m, h, d or w, like 90s or 7d") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"bad duration {text!r}: it must be a positive number")
+    return seconds
+
+
+def _relative(when: datetime | None, now: float) -> str:
+    """'3m ago', 'in 2h', 'now': a time as people read it in a table."""
+    if when is None:
+        return "-"
+    delta = when.timestamp() - now
+    seconds = abs(delta)
+    if seconds < 1:
+        return "now"
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            amount = f"{int(seconds // size)}{unit}"
+            break
+    return f"in {amount}" if delta > 0 else f"{amount} ago"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Plain aligned columns: text to the left, numbers to the right."""
+    cells = [list(map(str, headers))] + [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    numeric = [all(isinstance(row[i], int) for row in rows) and bool(rows) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        parts = [cell.rjust(w) if num else cell.ljust(w) for cell, w, num in zip(row, widths, numeric)]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def _info_as_json(info: JobInfo) -> dict:
+    data = dataclasses.asdict(info)
+    data.update(state=info.state.value, max_retries=info.max_retries.as_column(),
+                backoff={"kind": info.backoff.kind, "value": info.backoff.value})
+    for key in ("run_at", "created_at", "started_at", "finished_at"):
+        data[key] = None if data[key] is None else data[key].isoformat()
+    return data
+
+
+def _print_json(value: Any) -> None:
+    print(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
+
+
+def _render_stats(stats: dict[str, QueueStats]) -> str:
+    if not stats:
+        return "no jobs yet"
+    rows = []
+    for queue, s in stats.items():
+        rows.append([queue, s.pending, s.scheduled, s.running, s.done, s.dead, s.cancelled,
+                     "-" if s.unregistered is None else s.unregistered,
+                     f"{s.done_counts.this_hour}/{s.done_counts.today}/{s.done_counts.this_month}/{s.done_counts.all_time}",
+                     f"{s.dead_counts.this_hour}/{s.dead_counts.today}/{s.dead_counts.this_month}/{s.dead_counts.all_time}"])
+    headers = ["QUEUE", "PENDING", "SCHEDULED", "RUNNING", "DONE", "DEAD", "CANCELLED", "UNKNOWN",
+               "DONE hour/day/month/all", "DEAD hour/day/month/all"]
+    return _table(headers, rows)
+
+
+def _command_stats(store: SyncStore, args: Any) -> int:
+    while True:
+        stats = store.stats()
+        if args.json:
+            _print_json({queue: dataclasses.asdict(s) for queue, s in stats.items()})
+        else:
+            if args.watch:
+                print("\x1b[H\x1b[2J", end="")  # clear the screen, cursor home
+                print(f"{store.path}  {datetime.now().strftime('%H:%M:%S')}  (Ctrl-C to stop)\n")
+            print(_render_stats(stats), flush=True)
+        if not args.watch:
+            return 0
+        time.sleep(1)
+
+
+def _command_jobs(store: SyncStore, args: Any) -> int:
+    infos = store.jobs(state=args.state, queue=args.queue, name=args.name, limit=args.limit, offset=args.offset)
+    if args.json:
+        _print_json([_info_as_json(info) for info in infos])
+        return 0
+    if not infos:
+        print("no jobs match")
+        return 0
+    now = store.clock()
+    rows = []
+    for info in infos:
+        error = info.last_error.splitlines()[-1][:70] if info.last_error else ""
+        rows.append([info.id, info.name, info.queue, info.state.value, info.attempts,
+                     _relative(info.run_at, now), _relative(info.finished_at, now), error])
+    print(_table(["ID", "NAME", "QUEUE", "STATE", "ATTEMPTS", "DUE", "FINISHED", "LAST ERROR"], rows))
+    return 0
+
+
+def _command_show(store: SyncStore, args: Any) -> int:
+    info = store.get(args.id)
+    if info is None:
+        raise LookupError(f"no job with id {args.id}")
+    if args.json:
+        _print_json(_info_as_json(info))
+        return 0
+    now = store.clock()
+    retries = "infinite" if info.max_retries is Infinite else info.max_retries.n
+    lines = [
+        ("id", info.id), ("name", info.name), ("queue", info.queue), ("state", info.state.value),
+        ("attempts", f"{info.attempts} (retries allowed: {retries})"),
+        ("backoff", repr(info.backoff)), ("timeout", f"{info.timeout} ms"), ("priority", info.priority),
+        ("unique_key", info.unique_key or "-"),
+        ("created", f"{info.created_at.isoformat()} ({_relative(info.created_at, now)})"),
+        ("due", f"{info.run_at.isoformat()} ({_relative(info.run_at, now)})"),
+        ("started", "-" if info.started_at is None else f"{info.started_at.isoformat()} ({_relative(info.started_at, now)})"),
+        ("finished", "-" if info.finished_at is None else f"{info.finished_at.isoformat()} ({_relative(info.finished_at, now)})"),
+        ("payload", orjson.dumps(info.payload).decode()),
+        ("result", "-" if info.result is None else orjson.dumps(info.result).decode()),
+    ]
+    width = max(len(key) for key, _ in lines)
+    for key, value in lines:
+        print(f"{key.ljust(width)}  {value}")
+    if info.last_error:
+        print(f"{'last_error'.ljust(width)}\n" + textwrap.indent(info.last_error, "    "))
+    return 0
+
+
+def _command_retry(store: SyncStore, args: Any) -> int:
+    if args.dead:
+        if args.ids:
+            raise ValueError("give job ids or --dead, not both")
+        print(f"{store.retry_dead(args.queue)} dead job(s) back to pending")
+        return 0
+    if not args.ids:
+        raise ValueError("give one or more job ids, or --dead")
+    for job_id in args.ids:
+        if store.retry(job_id):
+            print(f"job {job_id}: back to pending")
+        else:
+            print(f"job {job_id}: not retried, it is still {store.get(job_id).state.value}")
+    return 0
+
+
+def _command_cancel(store: SyncStore, args: Any) -> int:
+    for job_id in args.ids:
+        state = store.cancel(job_id)
+        if state is JobState.RUNNING:
+            print(f"job {job_id}: running; its worker will cancel it")
+        elif state is JobState.CANCELLED:
+            print(f"job {job_id}: cancelled")
+        else:
+            print(f"job {job_id}: already {state.value}, left alone")
+    return 0
+
+
+def _command_purge(store: SyncStore, args: Any) -> int:
+    deleted = store.purge(state=args.state, older_than=args.older_than)
+    print(f"{deleted} {args.state} job(s) deleted")
+    return 0
+
+
+async def _command_worker(args: Any) -> int:
+    module_name, _, attr = args.target.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"worker needs MODULE:ATTR, like myapp.jobs:worker; got {args.target!r}")
+    import importlib
+
+    if os.getcwd() not in sys.path:  # as `python -m` would, so a local module is found
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r}: {exc}") from None
+    try:
+        target = getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
+    async with connect(args.db) as store:
+        if isinstance(target, (list, tuple)):
+            options = {} if args.concurrency is None else {"concurrency": args.concurrency}
+            worker = Worker(store, target, **options)
+        elif callable(target):
+            if args.concurrency is not None:
+                raise ValueError("--concurrency applies to a list of job classes; your factory sets its own")
+            worker = target(store)
+            if inspect.isawaitable(worker):
+                worker = await worker
+            if not isinstance(worker, Worker):
+                raise ValueError(f"{args.target} returned {type(worker).__name__}, not a litejobs.Worker")
+        else:
+            raise ValueError(f"{args.target} is a {type(target).__name__}: give a list of Job classes "
+                             "or a function taking the store and returning a Worker")
+        await worker.run()
+    return 0
+
+
+def _parser() -> Any:
     import argparse
 
     parser = argparse.ArgumentParser(prog="litejobs", description="Background jobs on one SQLite file.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run a short demo: retries, an abort and a delayed job")
-    demo.add_argument("--db", default="litejobs-demo.db", help="where to write the demo's database")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        for suffix in ("", "-wal", "-shm"):  # a fresh start, every time
-            if os.path.exists(args.db + suffix):
-                os.remove(args.db + suffix)
-        return asyncio.run(_demo(args.db))
-    return 2
+    parser.add_argument("--db", default=os.environ.get("LITEJOBS_DB", "litejobs.db"),
+                        help="the database (default: $LITEJOBS_DB, else litejobs.db)")
+    parser.add_argument("--version", action="version", version=f"litejobs {__version__}")
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    stats = commands.add_parser("stats", parents=[output], help="counts per queue")
+    stats.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
+
+    jobs = commands.add_parser("jobs", parents=[output], help="list jobs, newest first")
+    jobs.add_argument("--state", choices=[s.value for s in JobState])
+    jobs.add_argument("--queue")
+    jobs.add_argument("--name")
+    jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--offset", type=int, default=0)
+
+    show = commands.add_parser("show", parents=[output], help="one job in full")
+    show.add_argument("id", type=int)
+
+    retry = commands.add_parser("retry", help="put finished jobs back to pending")
+    retry.add_argument("ids", type=int, nargs="*", metavar="ID")
+    retry.add_argument("--dead", action="store_true", help="every dead job")
+    retry.add_argument("--queue", help="with --dead: only this queue")
+
+    cancel = commands.add_parser("cancel", help="cancel pending or running jobs")
+    cancel.add_argument("ids", type=int, nargs="+", metavar="ID")
+
+    purge = commands.add_parser("purge", help="delete finished jobs")
+    purge.add_argument("--state", required=True, choices=["done", "dead", "cancelled"])
+    purge.add_argument("--older-than", type=_duration_argument, default=0.0, metavar="DURATION",
+                       help="like 90s, 15m, 2h, 7d (default: all)")
+
+    worker = commands.add_parser("worker", help="run a worker until Ctrl-C or SIGTERM")
+    worker.add_argument("target", metavar="MODULE:ATTR",
+                        help="a list of Job classes, or a function (store) -> Worker")
+    worker.add_argument("--concurrency", type=int, help="slots per queue (default 4)")
+
+    demo = commands.add_parser("demo", help="a short demo: retries, an abort and a delayed job")
+    demo.add_argument("--db", dest="demo_db", default="litejobs-demo.db", help="where to write the demo's database")
+    return parser
+
+
+def _duration_argument(text: str) -> float:
+    import argparse
+
+    try:
+        return _parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: ``python -m litejobs`` or ``litejobs``.  Returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            for suffix in ("", "-wal", "-shm"):  # a fresh start, every time
+                if os.path.exists(args.demo_db + suffix):
+                    os.remove(args.demo_db + suffix)
+            return asyncio.run(_demo(args.demo_db))
+        if args.command == "worker":
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            return asyncio.run(_command_worker(args))
+        with SyncStore(args.db, create=False) as store:  # inspecting never creates a file
+            command = globals()[f"_command_{args.command}"]
+            return command(store, args)
+    except KeyboardInterrupt:
+        return 0
+    except (LiteJobsError, LookupError, ValueError) as exc:
+        message = exc.args[0] if isinstance(exc, LookupError) and exc.args else exc
+        print(f"litejobs: error: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
