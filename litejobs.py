@@ -270,7 +270,7 @@ _SQL_COUNT_OUTCOME = """
 _SQL_PRUNE = """
     DELETE FROM litejobs_jobs WHERE id IN (
         SELECT id FROM litejobs_jobs
-         WHERE state IN ('done', 'cancelled') AND finished_at < ? LIMIT ?)"""
+         WHERE state IN ('done', 'cancelled') AND finished_at <= ? LIMIT ?)"""
 _PRUNE_BATCH = 1000
 
 _SQL_RECURRING_DUE = """
@@ -954,7 +954,7 @@ def _purge_jobs(conn: sqlite3.Connection, state: str, before: float) -> int:
     """Delete one batch of finished jobs of ``state`` that finished before ``before``."""
     return conn.execute(
         """DELETE FROM litejobs_jobs WHERE id IN (
-               SELECT id FROM litejobs_jobs WHERE state = ? AND finished_at < ? LIMIT ?)""",
+               SELECT id FROM litejobs_jobs WHERE state = ? AND finished_at <= ? LIMIT ?)""",
         (state, before, _PRUNE_BATCH),
     ).rowcount
 
@@ -2400,4 +2400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Under `python -m litejobs` this module is __main__; a job module that
+    # imports litejobs must get this same module, or its Job classes would
+    # subclass a second copy of Job.
+    sys.modules.setdefault(__spec__.name if __spec__ else "litejobs", sys.modules[__name__])
     raise SystemExit(main())

@@ -1095,3 +1095,759 @@ def test_two_worker_processes_run_every_job_exactly_once(tmp_path, db):
     assert {attempt for _, attempt, _ in lines} == {1}
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT state, count(*) FROM litejobs_jobs GROUP BY state").fetchall() == [("done", 2000)]
+
+
+# -- regressions found in review -------------------------------------------------
+
+
+def test_stop_before_the_worker_task_starts_is_not_lost(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            worker = litejobs.Worker(store, [Noop])
+            async with worker:
+                pass  # the block ends before run() ever got the loop
+            assert worker._task.done()
+
+    run(main())
+
+
+def test_saturated_worker_does_not_spin_when_a_job_falls_due(db):
+    calls = []
+    clock = FakeClock()
+
+    def counting_clock():
+        calls.append(1)
+        return clock()
+
+    @dataclass
+    class Busy(litejobs.Job):
+        NAME = "busy"
+
+        async def run(self, state):
+            await asyncio.sleep(30)
+
+    async def main():
+        async with litejobs.connect(db, clock=counting_clock) as store:
+            busy = await store.enqueue(Busy())
+            await store.enqueue(Busy(), delay=10)
+            async with litejobs.Worker(store, [Busy], concurrency=1, poll_interval=0.02, shutdown_timeout=0):
+                await wait_state(store, busy, "running")
+                clock.advance(20)  # the second job is due, but the only slot is taken
+                await asyncio.sleep(0.05)
+                before = len(calls)
+                await asyncio.sleep(0.3)
+                # A spinning loop reads the clock tens of thousands of times here.
+                assert len(calls) - before < 500
+
+    run(main())
+
+
+def test_claim_that_waited_for_the_lock_starts_at_the_time_it_got_it(db):
+    clock = FakeClock()
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            job_id = await store.enqueue(Noop(), delay=50)
+            async with litejobs.Worker(store, [Noop], poll_interval=0.01) as worker:
+                await wait_until(lambda: _true_when(worker.claims > 0), "the worker to be up")
+                blocker = sqlite3.connect(db, isolation_level=None)
+                blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+                claims = worker.claims
+                clock.advance(50)  # the job falls due; the claim waits for the lock
+                await wait_until(lambda: _true_when(worker.claims > claims), "a claim to be attempted")
+                await asyncio.sleep(0.1)
+                clock.advance(100)  # time passes while the claim waits
+                blocker.execute("COMMIT")
+                blocker.close()
+                info = await wait_state(store, job_id, "done")
+            assert info.started_at.timestamp() == T0 + 150
+
+    run(main())
+
+
+def test_stuck_sync_job_does_not_hold_up_the_next(db):
+    release = threading.Event()
+
+    @dataclass
+    class Stuck(litejobs.Job):
+        NAME = "stuck"
+        TIMEOUT = 100
+        MAX_RETRIES = litejobs.Count(0)
+
+        def run(self, state):
+            release.wait(10)
+
+    @dataclass
+    class Quick(litejobs.Job):
+        NAME = "quick"
+
+        def run(self, state):
+            return "quick"
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            stuck = await store.enqueue(Stuck())
+            quick = await store.enqueue(Quick())
+            async with litejobs.Worker(store, [Stuck, Quick], concurrency=1):
+                assert "exceeded its timeout" in (await wait_state(store, stuck, "dead")).last_error
+                info = await wait_state(store, quick, "done")
+            release.set()
+            assert (info.attempts, info.result) == (1, "quick")
+
+    run(main())
+
+
+def test_stopping_worker_gives_up_on_a_store_that_keeps_failing(db):
+    @dataclass
+    class Short(litejobs.Job):
+        NAME = "short_job"
+
+        async def run(self, state):
+            await asyncio.sleep(0.05)
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Short())
+            worker = litejobs.Worker(store, [Short], shutdown_timeout=0.1)
+            task = asyncio.ensure_future(worker.run(handle_signals=False))
+            await wait_state(store, job_id, "running")
+
+            async def broken(request):
+                raise litejobs.StoreError("disk I/O error")
+
+            store.exchange = broken
+            worker.stop()
+            await asyncio.wait_for(task, 15)  # returns instead of retrying forever
+
+    run(main())
+
+
+def test_cancelling_run_hands_running_jobs_back_at_once(db):
+    @dataclass
+    class Long(litejobs.Job):
+        NAME = "long_job"
+
+        async def run(self, state):
+            await asyncio.sleep(60)
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Long())
+            task = asyncio.ensure_future(litejobs.Worker(store, [Long]).run(handle_signals=False))
+            await wait_state(store, job_id, "running")
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            info = await store.get(job_id)
+            assert (info.state, info.attempts) == ("pending", 0)
+
+    run(main())
+
+
+def test_non_finite_floats_are_refused():
+    for bad in (float("nan"), float("inf"), [1.0, float("-inf")], {"deep": {"x": float("nan")}}):
+        with pytest.raises(litejobs.SerializationError, match="field 'value'.*not a JSON number"):
+            litejobs.new_job(Echo(bad))
+    assert litejobs.new_job(Echo([None, 1.5])).payload == '{"value":[null,1.5]}'
+
+
+def test_options_cannot_change_a_prebuilt_new_job(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            with pytest.raises(ValueError, match="cannot change a NewJob"):
+                await store.enqueue(litejobs.new_job(Noop()), delay=3600)
+            assert await store.get(1) is None
+
+    run(main())
+
+
+def test_duplicate_unique_key_emits_no_enqueue_event(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            events = []
+            store.on_event(lambda e: events.append(e.job_id))
+            first = await store.enqueue(Noop(), unique_key="once")
+            await store.enqueue(Noop(), unique_key="once")
+            assert events == [first]
+
+    run(main())
+
+
+def test_bad_worker_options_are_clear(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            with pytest.raises(ValueError, match="poll_interval must be more than 0"):
+                litejobs.Worker(store, [Noop], poll_interval=0)
+            with pytest.raises(ValueError, match="concurrency for queue 'default' must be an int >= 1"):
+                litejobs.Worker(store, [Noop], concurrency=0)
+            with pytest.raises(TypeError, match="queues must be a list"):
+                litejobs.Worker(store, [Noop], queues="email")
+
+    run(main())
+
+
+# -- operating: inspection, repair, results ---------------------------------------
+
+
+def test_stats_per_queue_and_counts_by_period(db):
+    clock = FakeClock(datetime(2030, 5, 31, 23, 30, tzinfo=timezone.utc).timestamp())
+    Failing = failing_job(litejobs.Count(0))
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            await store.enqueue_many([Noop(), Noop()])
+            await store.enqueue(Failing())
+            async with litejobs.Worker(store, [Noop, Failing], poll_interval=0.01):
+                await wait_until(lambda: _done_and_dead(store, 2, 1), "two done, one dead")
+            clock.advance(3600)  # 00:30 on June 1st: a new hour, day and month
+            ok = await store.enqueue(Noop())
+            async with litejobs.Worker(store, [Noop], poll_interval=0.01):
+                await wait_state(store, ok, "done")
+            await store.enqueue(Noop())
+            await store.enqueue(Noop(), delay=600)
+            await store.enqueue(Noop(), queue="other")
+            await store.cancel(await store.enqueue(Noop()))
+            stats = await store.stats()
+            assert set(stats) == {"default", "other"}
+            s = stats["default"]
+            assert (s.pending, s.scheduled, s.running, s.done, s.dead, s.cancelled) == (1, 1, 0, 3, 1, 1)
+            assert s.done_counts == litejobs.JobStat(this_hour=1, today=1, this_month=1, all_time=3)
+            assert s.dead_counts == litejobs.JobStat(this_hour=0, today=0, this_month=0, all_time=1)
+            assert stats["other"].pending == 1
+            assert await store.purge(state="done") == 3
+            after = (await store.stats())["default"]
+            assert after.done == 0 and after.done_counts == s.done_counts  # counters outlive the rows
+
+    run(main())
+
+
+async def _done_and_dead(store, done, dead):
+    stats = await store.stats()
+    s = stats.get("default")
+    return s is not None and s.done == done and s.dead == dead
+
+
+def test_stats_tell_jobs_no_running_worker_knows(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            await store.enqueue(Echo(1))
+            assert (await store.stats())["default"].unregistered is None  # no worker to ask
+            async with litejobs.Worker(store, [Noop]):
+                await asyncio.sleep(0.05)
+                assert (await store.stats())["default"].unregistered == 1
+            assert (await store.stats())["default"].unregistered is None
+
+    run(main())
+
+
+def test_jobs_lists_newest_first_with_filters(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            ids = await store.enqueue_many([Echo(i) for i in range(5)])
+            other = await store.enqueue(Echo(9), queue="other")
+            await store.cancel(ids[0])
+            assert [j.id for j in await store.jobs()] == [other, *reversed(ids)]
+            assert [j.id for j in await store.jobs(queue="other")] == [other]
+            assert [j.id for j in await store.jobs(state="cancelled")] == [ids[0]]
+            assert [j.id for j in await store.jobs(state=litejobs.JobState.PENDING, limit=2, offset=1)] == [ids[4], ids[3]]
+            assert [j.id for j in await store.jobs(name="noop")] == []
+            with pytest.raises(ValueError, match="state must be one of"):
+                await store.jobs(state="finished")
+
+    run(main())
+
+
+def test_retry_and_retry_dead(db):
+    Failing = failing_job(litejobs.Count(0))
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            ids = await store.enqueue_many([Failing(), Failing()])
+            other = await store.enqueue(Failing(), queue="other")
+            async with litejobs.Worker(store, [Failing], queues=["other"], poll_interval=0.01):
+                for job_id in [*ids, other]:
+                    await wait_state(store, job_id, "dead")
+            assert await store.retry(ids[0]) == 1
+            info = await store.get(ids[0])
+            assert (info.state, info.attempts, info.finished_at) == ("pending", 0, None)
+            assert await store.retry(ids[0]) == 0  # already pending
+            assert await store.retry_dead(queue="default") == 1
+            assert (await store.get(other)).state == "dead"
+            assert await store.retry_dead() == 1
+            with pytest.raises(LookupError, match="no job with id 999"):
+                await store.retry(999)
+
+    run(main())
+
+
+def test_retry_refuses_to_duplicate_a_unique_key(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            first = await store.enqueue(Noop(), unique_key="k")
+            await store.cancel(first)
+            await store.enqueue(Noop(), unique_key="k")
+            with pytest.raises(litejobs.LiteJobsError, match="another job with unique_key 'k'"):
+                await store.retry(first)
+            assert await store.retry_dead() == 0
+
+    run(main())
+
+
+def test_cancel_pending_job_at_once(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Noop(), unique_key="k")
+            assert await store.cancel(job_id) == litejobs.JobState.CANCELLED
+            info = await store.get(job_id)
+            assert info.state == "cancelled" and info.finished_at is not None
+            assert await store.enqueue(Noop(), unique_key="k") != job_id  # the key is free again
+            assert await store.cancel(job_id) == litejobs.JobState.CANCELLED
+            with pytest.raises(LookupError):
+                await store.cancel(12345)
+
+    run(main())
+
+
+def test_cancel_running_job_stops_it_and_does_not_retry(db):
+    stopped = []
+
+    @dataclass
+    class Long(litejobs.Job):
+        NAME = "cancellable"
+
+        async def run(self, state):
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                stopped.append(litejobs.current().id)
+                raise
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            events = []
+            store.on_event(lambda e: events.append(e.kind))
+            here = await store.enqueue(Long())
+            there = await store.enqueue(Long())
+            async with litejobs.Worker(store, [Long], poll_interval=0.02):
+                await wait_state(store, here, "running")
+                await wait_state(store, there, "running")
+                assert await store.cancel(here) == litejobs.JobState.RUNNING
+                info = await wait_state(store, here, "cancelled")
+                # and from another process, through the file alone:
+                with litejobs.connect_sync(db) as other:
+                    assert other.cancel(there) == litejobs.JobState.RUNNING
+                await wait_state(store, there, "cancelled")
+            assert info.attempts == 1 and sorted(stopped) == [here, there]
+            assert events.count("cancellation") == 2 and "retry" not in events
+
+    run(main())
+
+
+def test_purge_by_state_and_age(db):
+    clock = FakeClock()
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            old = await store.enqueue(Noop())
+            await store.cancel(old)
+            clock.advance(3 * 86_400)
+            recent = await store.enqueue(Noop())
+            await store.cancel(recent)
+            assert await store.purge(state="cancelled", older_than=timedelta(days=2)) == 1
+            assert await store.get(old) is None and await store.get(recent) is not None
+            with pytest.raises(ValueError, match="purge state must be one of done, dead, cancelled"):
+                await store.purge(state="pending")
+
+    run(main())
+
+
+def test_wait_returns_result_or_raises(db):
+    @dataclass
+    class Fails(litejobs.Job):
+        NAME = "fails_for_wait"
+        MAX_RETRIES = litejobs.Count(0)
+
+        async def run(self, state):
+            raise KeyError("missing invoice")
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            ok = await store.enqueue(Echo({"total": 3}))
+            bad = await store.enqueue(Fails())
+            never = await store.enqueue(Echo(1), delay=3600)
+            async with litejobs.Worker(store, [Echo, Fails]):
+                assert await store.wait(ok, timeout=10) == {"total": 3}
+                with pytest.raises(litejobs.JobFailed, match="missing invoice") as info:
+                    await store.wait(bad, timeout=10)
+                assert info.value.job.state == "dead"
+                with pytest.raises(TimeoutError, match=f"job {never} is still pending"):
+                    await store.wait(never, timeout=0.05)
+                with pytest.raises(LookupError):
+                    await store.wait(4242)
+
+    run(main())
+
+
+def test_result_that_cannot_be_stored_is_reported_not_fatal(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Echo())
+
+            @dataclass
+            class Weird(litejobs.Job):
+                NAME = "weird_result"
+
+                async def run(self, state):
+                    return object()
+
+            weird = await store.enqueue(Weird())
+            async with litejobs.Worker(store, [Echo, Weird]):
+                info = await wait_state(store, weird, "done")
+                await wait_state(store, job_id, "done")
+            assert info.result is None and "result could not be stored" in info.last_error
+
+    run(main())
+
+
+# -- recurring jobs and retention ------------------------------------------------
+
+
+def test_every_enqueues_each_tick_and_coalesces_missed_ones(db):
+    clock = FakeClock()
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            with pytest.raises(ValueError, match="at least 1 second"):
+                await store.every(0.5, Noop())
+            await store.every(60, Noop())
+            await store.every(60, Noop())  # declared again at the next start: one schedule
+            async with litejobs.Worker(store, [Noop], poll_interval=0.01):
+                await wait_until(lambda: _count(store, 1), "the first tick, due at once")
+                clock.advance(60)
+                await wait_until(lambda: _count(store, 2), "the second tick")
+            clock.advance(600)  # ten ticks missed while no worker ran
+            async with litejobs.Worker(store, [Noop], poll_interval=0.01):
+                await wait_until(lambda: _count(store, 3), "one run for the missed ticks")
+                await asyncio.sleep(0.1)
+                assert len(await store.jobs()) == 3
+                ticks = sorted(j.run_at.timestamp() - T0 for j in await store.jobs())
+                assert ticks == [0, 60, 660]
+                assert await store.unschedule("noop") is True
+                clock.advance(60)
+                await asyncio.sleep(0.1)
+            assert len(await store.jobs()) == 3
+            assert await store.unschedule("noop") is False
+
+    run(main())
+
+
+async def _count(store, n):
+    return len(await store.jobs(state="done")) == n
+
+
+def test_retention_prunes_done_rows_after_keep_done(db):
+    clock = FakeClock()
+
+    async def main():
+        async with litejobs.connect(db, clock=clock, keep_done=timedelta(hours=1)) as store:
+            old = await store.enqueue(Noop())
+            dead = await store.enqueue(failing_job(litejobs.Count(0))())
+            async with litejobs.Worker(store, [Noop, failing_job(litejobs.Count(0))], poll_interval=0.01):
+                await wait_state(store, old, "done")
+                await wait_state(store, dead, "dead")
+                clock.advance(3601)
+                await wait_until(lambda: _gone(store, old), "the old done row to be pruned")
+            assert (await store.get(dead)).state == "dead"  # dead rows stay until purged
+
+    run(main())
+
+
+async def _gone(store, job_id):
+    return await store.get(job_id) is None
+
+
+def test_row_count_stays_bounded_under_steady_load(db):
+    async def main():
+        async with litejobs.connect(db, keep_done=0) as store:
+            async with litejobs.Worker(store, [Noop], concurrency=16):
+                for _ in range(30):
+                    ids = await store.enqueue_many([Noop() for _ in range(200)])
+                    await store.wait(ids[-1], timeout=30)
+                await asyncio.sleep(litejobs._WATCHDOG_INTERVAL * 2.5)
+                rows = (await store._db.execute_fetchall("SELECT count(*) FROM litejobs_jobs"))[0][0]
+            assert rows < 1000  # 6,000 jobs ran; only the last batch may still be kept
+            assert (await store.stats())["default"].done_counts.all_time == 6000
+
+    run(main())
+
+
+# -- the synchronous twin ------------------------------------------------------
+
+
+def test_sync_twin_enqueues_and_reads(db):
+    clock = FakeClock()
+    with litejobs.connect_sync(db, clock=clock) as store:
+        job_id = store.enqueue(Echo("from flask"), priority=5)
+        more = store.enqueue_many([Echo(1), Echo(2)])
+        later = store.schedule(Echo(3), at=datetime.fromtimestamp(T0 + 60, timezone.utc))
+        info = store.get(job_id)
+        assert (info.payload, info.priority, info.state) == ({"value": "from flask"}, 5, "pending")
+        assert len(more) == 2 and store.get(later).run_at.timestamp() == T0 + 60
+        assert store.stats()["default"].pending == 3 and store.stats()["default"].scheduled == 1
+    with pytest.raises(litejobs.StoreError, match="no such file"):
+        litejobs.connect_sync(db + ".missing", create=False)
+    assert not os.path.exists(db + ".missing")
+
+
+def test_sync_twin_uses_the_same_sql_as_the_async_store():
+    # Shared by construction: the inspection calls are one implementation.
+    for name in ("get", "stats", "jobs", "retry", "retry_dead", "every", "unschedule"):
+        assert getattr(litejobs.SyncStore, name) is getattr(litejobs.Store, name)
+
+
+SYNC_ENQUEUER = """
+import sys
+sys.path.insert(0, {here!r})
+sys.path.insert(0, {folder!r})
+import litejobs
+from jobs_module import Recorded
+
+with litejobs.connect_sync({db!r}) as store:   # as a Flask view would
+    for i in range(20):
+        store.enqueue(Recorded())
+"""
+
+
+@pytest.mark.slow
+def test_sync_enqueuer_process_with_async_worker_process(tmp_path, db):
+    log = tmp_path / "runs.log"
+    (tmp_path / "jobs_module.py").write_text(WORKER_SCRIPT.split("async def main")[0].format(
+        here=HERE, db=db, log=str(log), until_empty=False))
+    run(_open_and_close(db))
+    worker = _worker_process(tmp_path, db, log, until_empty=False)
+    try:
+        enqueuer = tmp_path / "enqueuer.py"
+        enqueuer.write_text(SYNC_ENQUEUER.format(here=HERE, folder=str(tmp_path), db=db))
+        subprocess.run([sys.executable, str(enqueuer)], check=True, timeout=60)
+        deadline = time.monotonic() + 30
+        while len(_log_lines(log)) < 20:
+            assert time.monotonic() < deadline, "the worker did not run the jobs"
+            time.sleep(0.02)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+    assert len(_log_lines(log)) == 20
+
+
+RECURRING_WORKER = """
+import asyncio, sys
+sys.path.insert(0, {here!r})
+import litejobs
+from dataclasses import dataclass
+
+@dataclass
+class Tick(litejobs.Job):
+    NAME = "tick"
+    async def run(self, state):
+        pass
+
+async def main():
+    async with litejobs.connect({db!r}) as store:
+        await store.every(1, Tick())
+        await litejobs.Worker(store, [Tick], poll_interval=0.01).run()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+def test_recurring_ticks_enqueued_exactly_once_across_three_processes(tmp_path, db):
+    script = tmp_path / "recurring.py"
+    script.write_text(RECURRING_WORKER.format(here=HERE, db=db))
+    processes = [subprocess.Popen([sys.executable, str(script)]) for _ in range(3)]
+    try:
+        time.sleep(4.5)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            assert process.wait(timeout=30) == 0
+    conn = sqlite3.connect(db)
+    ticks = [row[0] for row in conn.execute("SELECT run_at FROM litejobs_jobs ORDER BY run_at")]
+    assert len(ticks) >= 3
+    steps = [round(b - a, 6) for a, b in zip(ticks, ticks[1:])]
+    assert steps == [1.0] * len(steps)  # one job per tick: no duplicate, no gap
+
+
+# -- the command line ------------------------------------------------------------
+
+
+def _cli(capsys, *argv):
+    code = litejobs.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def demo_db(tmp_path):
+    """A database with a done, a dead, a pending and a scheduled job."""
+    path = str(tmp_path / "cli.db")
+
+    async def fill():
+        async with litejobs.connect(path) as store:
+            ok = await store.enqueue(Echo("ok"))
+            bad = await store.enqueue(failing_job(litejobs.Count(0))())
+            async with litejobs.Worker(store, [Echo, failing_job(litejobs.Count(0))]):
+                await wait_state(store, ok, "done")
+                await wait_state(store, bad, "dead")
+            await store.enqueue(Noop())
+            await store.enqueue(Noop(), delay=7200)
+            return ok, bad
+
+    ok, bad = run(fill())
+    return path, ok, bad
+
+
+def test_cli_stats_and_jobs(capsys, demo_db):
+    path, ok, bad = demo_db
+    code, out, _ = _cli(capsys, "--db", path, "stats")
+    assert code == 0
+    header, row = out.splitlines()
+    assert header.split()[:7] == ["QUEUE", "PENDING", "SCHEDULED", "RUNNING", "DONE", "DEAD", "CANCELLED"]
+    assert row.split()[:7] == ["default", "1", "1", "0", "1", "1", "0"]
+    code, out, _ = _cli(capsys, "--db", path, "stats", "--json")
+    assert orjson_loads(out)["default"]["dead_counts"]["all_time"] == 1
+    code, out, _ = _cli(capsys, "--db", path, "jobs", "--state", "dead")
+    lines = out.splitlines()
+    assert len(lines) == 2 and lines[1].split()[:4] == [str(bad), "failing", "default", "dead"]
+    assert "RuntimeError: failure number 1" in lines[1] and ("ago" in lines[1] or "now" in lines[1])
+    code, out, _ = _cli(capsys, "--db", path, "jobs", "--json", "--limit", "1")
+    assert [job["state"] for job in orjson_loads(out)] == ["pending"]
+    code, out, _ = _cli(capsys, "--db", path, "jobs")
+    assert "in 1h" in out or "in 2h" in out
+
+
+def orjson_loads(text):
+    import json
+
+    return json.loads(text)
+
+
+def test_cli_show_retry_cancel_purge(capsys, demo_db):
+    path, ok, bad = demo_db
+    code, out, _ = _cli(capsys, "--db", path, "show", str(bad))
+    assert code == 0 and "state       dead" in out and "Traceback" in out
+    assert orjson_loads(_cli(capsys, "--db", path, "show", str(ok), "--json")[1])["result"] == "ok"
+    code, out, _ = _cli(capsys, "--db", path, "retry", str(bad))
+    assert code == 0 and out.strip() == f"job {bad}: back to pending"
+    code, out, _ = _cli(capsys, "--db", path, "retry", "--dead")
+    assert out.strip() == "0 dead job(s) back to pending"
+    code, out, _ = _cli(capsys, "--db", path, "cancel", str(bad), str(ok))
+    assert out.splitlines() == [f"job {bad}: cancelled", f"job {ok}: already done, left alone"]
+    code, out, _ = _cli(capsys, "--db", path, "purge", "--state", "done", "--older-than", "0s")
+    assert code == 0 and out.strip() == "1 done job(s) deleted"
+    code, out, _ = _cli(capsys, "--db", path, "purge", "--state", "cancelled", "--older-than", "7d")
+    assert out.strip() == "0 cancelled job(s) deleted"
+
+
+def test_cli_user_mistakes_are_one_line_errors(capsys, tmp_path, demo_db):
+    path, ok, bad = demo_db
+    missing = str(tmp_path / "nothing-here.db")
+    for argv, expected in [
+        (["--db", missing, "stats"], "no such file"),
+        (["--db", path, "show", "999"], "no job with id 999"),
+        (["--db", path, "cancel", "999"], "no job with id 999"),
+        (["--db", path, "retry"], "give one or more job ids"),
+        (["--db", path, "worker", "no_colon_here"], "needs MODULE:ATTR"),
+        (["--db", path, "worker", "no_such_module_xyz:jobs"], "cannot import 'no_such_module_xyz'"),
+        (["--db", path, "worker", "litejobs:no_such_attr"], "has no attribute 'no_such_attr'"),
+        (["--db", path, "worker", "litejobs:__version__"], "give a list of Job classes"),
+    ]:
+        code, out, err = _cli(capsys, *argv)
+        assert code == 1 and out == "", argv
+        assert err.startswith("litejobs: error: ") and expected in err and err.count("\n") == 1, err
+    assert not os.path.exists(missing)  # inspecting never creates a file
+    with pytest.raises(SystemExit) as exit_info:
+        litejobs.main(["--db", path, "purge", "--state", "done", "--older-than", "7 days"])
+    assert exit_info.value.code == 2
+    assert "bad duration '7 days'" in capsys.readouterr().err
+
+
+def test_durations_and_relative_times():
+    assert [litejobs._parse_duration(t) for t in ("90s", "15m", "2h", "7d", "1w", "30")] == [
+        90, 900, 7200, 604800, 604800, 30]
+    now = T0
+    at = lambda s: datetime.fromtimestamp(T0 + s, timezone.utc)
+    assert [litejobs._relative(at(s), now) for s in (-180, 7200, 0.2, -90000)] == ["3m ago", "in 2h", "now", "1d ago"]
+
+
+JOBS_FOR_CLI = """
+import asyncio
+from dataclasses import dataclass
+import litejobs
+
+@dataclass
+class Hello(litejobs.Job):
+    NAME = "hello"
+    who: str = "cli"
+    async def run(self, state):
+        return "hello " + self.who
+
+JOBS = [Hello]
+
+def make_worker(store):
+    return litejobs.Worker(store, JOBS, concurrency=2, poll_interval=0.01)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["cli_jobs:JOBS", "cli_jobs:make_worker"])
+def test_cli_worker_runs_jobs_and_stops_cleanly_on_sigterm(tmp_path, target):
+    (tmp_path / "cli_jobs.py").write_text(JOBS_FOR_CLI)
+    db = str(tmp_path / "cli.db")
+    with litejobs.connect_sync(db) as store:
+        job_id = store.enqueue_many([litejobs.new_job(_hello_job(tmp_path))])[0]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "litejobs", "--db", db, "worker", target],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=HERE), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        with litejobs.connect_sync(db) as store:
+            while store.get(job_id).state != "done":
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.02)
+            assert store.get(job_id).result == "hello cli"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+    err = process.stderr.read()
+    assert code == 0, err
+    assert "worker started" in err and "worker stopped" in err and "Traceback" not in err
+
+
+def _hello_job(folder):
+    sys.path.insert(0, str(folder))
+    try:
+        import cli_jobs
+    finally:
+        sys.path.remove(str(folder))
+    return cli_jobs.Hello()
+
+
+@pytest.mark.slow
+def test_cli_through_a_real_process_and_stats_watch(demo_db):
+    path, ok, bad = demo_db
+    result = subprocess.run([sys.executable, "-m", "litejobs", "--db", path, "jobs", "--state", "dead"],
+                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=HERE), timeout=60)
+    assert result.returncode == 0 and f"{bad}  failing" in result.stdout
+    result = subprocess.run([sys.executable, "-m", "litejobs", "--db", path, "show", "777"],
+                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=HERE), timeout=60)
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", "litejobs: error: no job with id 777\n")
+    watch = subprocess.Popen([sys.executable, "-m", "litejobs", "--db", path, "stats", "--watch"],
+                             stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=HERE))
+    first_screen = ""
+    while "default" not in first_screen:
+        first_screen += watch.stdout.readline()
+    watch.send_signal(signal.SIGINT)
+    assert watch.wait(timeout=30) == 0
+    assert "QUEUE" in first_screen and "Ctrl-C" in first_screen
