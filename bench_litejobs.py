@@ -1,0 +1,1059 @@
+"""How fast is litejobs, next to a raw SQLite loop doing the same work?
+
+    python bench_litejobs.py                  # the full run: about 8 minutes on 2 cores
+    python bench_litejobs.py --quick          # a reduced run, under 30 seconds
+    python bench_litejobs.py --only drain,e2e --json figures.json
+
+Prints one line per figure, each the median of several runs.  In the same run
+it measures two raw loops doing the same work without litejobs: the stdlib
+``sqlite3`` module and ``aiosqlite``, on a hand-written jobs table with a
+partial index, claiming batches of 64 with one UPDATE ... RETURNING and
+completing each batch in one transaction.  Each litejobs figure is printed
+with its ratio to the raw loops (litejobs / raw: above 1 is faster for
+rates, slower for latencies and sizes).
+
+Every database is a durable file in WAL mode with synchronous=NORMAL, the
+litejobs defaults.  Scratch files go in a fresh folder under --dir and are
+removed at the end.  Nothing here asserts anything about time: it only prints.
+
+Groups (for --only): enqueue, drain, e2e, latency, scale, size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import inspect
+import multiprocessing
+import os
+import platform
+import queue
+import random
+import resource
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from typing import Any, Callable
+
+import aiosqlite
+import orjson
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import litejobs  # noqa: E402  (imported from this script's own folder)
+
+GROUPS = ("enqueue", "drain", "e2e", "latency", "scale", "size")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How much work each figure does."""
+
+    runs: int = 3  # each figure is the median of this many runs
+    one_by_one: int = 3_000  # enqueues, one call after another
+    tasks: int = 100  # concurrent enqueuing tasks ...
+    concurrent: int = 5_000  # ... enqueuing this many jobs between them
+    many: int = 10_000  # jobs in one enqueue_many / executemany
+    drain: int = 20_000  # pending no-op jobs drained per run
+    e2e_seconds: float = 10.0  # how long the producer enqueues
+    pickups: int = 50  # idle pick-ups timed per run
+    idle_seconds: float = 10.0  # idle worker's CPU measured over this long
+    big: int = 1_000_000  # scale and size: the big queue (measured once)
+    small: int = 10_000  # ... against this one (median of `runs`)
+
+
+FULL = Plan()
+QUICK = Plan(runs=1, one_by_one=300, concurrent=1_000, many=2_000, drain=1_000, e2e_seconds=1.0,
+             pickups=10, idle_seconds=1.0, big=20_000, small=2_000)
+
+DRAIN_CONCURRENCIES = (1, 16, 256)
+WORKER_CONCURRENCY = 256  # the worker's concurrency in e2e, two processes and scale
+POLL_INTERVAL = inspect.signature(litejobs.Worker).parameters["poll_interval"].default
+
+
+# --------------------------------------------------------------------------
+# The jobs
+# --------------------------------------------------------------------------
+
+
+class Starts:
+    """Enqueue-to-start latencies seen by jobs in this process, and a hook called at each start."""
+
+    latencies: list[float] = []
+    hook: Callable[[], Any] | None = None
+
+    @classmethod
+    def reset(cls, hook: Callable[[], Any] | None = None) -> None:
+        cls.latencies, cls.hook = [], hook
+
+    @classmethod
+    def record(cls, enqueued_at: float) -> None:
+        cls.latencies.append(time.time() - enqueued_at)
+        if cls.hook is not None:
+            cls.hook()
+
+
+@dataclasses.dataclass
+class Noop(litejobs.Job):
+    NAME = "bench.noop"
+    n: int = 0
+
+    async def run(self, state: Any) -> None:
+        return None
+
+
+@dataclasses.dataclass
+class Stamped(litejobs.Job):
+    """Carries the time.time() of its enqueue (comparable across processes)."""
+
+    NAME = "bench.stamped"
+    t: float = 0.0
+
+    async def run(self, state: Any) -> None:
+        Starts.record(self.t)
+
+
+# --------------------------------------------------------------------------
+# The raw loops: a hand-written table, the same work, nothing else
+# --------------------------------------------------------------------------
+
+RAW_DDL = (
+    """CREATE TABLE IF NOT EXISTS jobs (
+        id          INTEGER PRIMARY KEY,
+        queue       TEXT NOT NULL,
+        payload     TEXT NOT NULL,
+        state       TEXT NOT NULL DEFAULT 'pending',
+        priority    INTEGER NOT NULL DEFAULT 0,
+        run_at      REAL NOT NULL,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        created_at  REAL NOT NULL,
+        started_at  REAL,
+        finished_at REAL)""",
+    "CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (queue, priority DESC, run_at) WHERE state = 'pending'",
+)
+RAW_INSERT = "INSERT INTO jobs (queue, payload, run_at, created_at) VALUES ('default', ?, ?, ?)"
+RAW_CLAIM = """
+    UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?1
+     WHERE id IN (SELECT id FROM jobs
+                   WHERE state = 'pending' AND queue = 'default' AND run_at <= ?1
+                   ORDER BY priority DESC, run_at, id LIMIT 64)
+    RETURNING id, payload"""
+RAW_DONE = "UPDATE jobs SET state = 'done', finished_at = ? WHERE id = ?"
+RAW_IDLE_POLL = 0.001  # an idle raw loop checks PRAGMA data_version this often
+
+
+def raw_row(job: dict) -> tuple:
+    now = time.time()
+    return (orjson.dumps(job).decode(), now, now)
+
+
+def raw_run(payload: str) -> None:
+    """The raw loop's job: decode the payload; a stamped one records its latency."""
+    job = orjson.loads(payload)
+    if "t" in job:
+        Starts.record(job["t"])
+
+
+def raw_open(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    for statement in RAW_DDL:
+        conn.execute(statement)
+    return conn
+
+
+def raw_work(conn: sqlite3.Connection, keep_waiting: Callable[[], bool] | None = None,
+             limit: int | None = None) -> int:
+    """Claim 64, run them, complete them in one transaction; again.  Returns how many ran.
+
+    With nothing to claim it returns, or, while ``keep_waiting()``, polls
+    PRAGMA data_version until another connection commits.  It returns
+    early once ``limit`` jobs ran.
+    """
+    done = 0
+    while limit is None or done < limit:
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        rows = conn.execute(RAW_CLAIM, (time.time(),)).fetchall()
+        if rows:
+            for _, payload in rows:
+                raw_run(payload)
+            now = time.time()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(RAW_DONE, [(now, row[0]) for row in rows])
+            conn.execute("COMMIT")
+            done += len(rows)
+            continue
+        if keep_waiting is None:
+            break
+        while conn.execute("PRAGMA data_version").fetchone()[0] == version:
+            if not keep_waiting():
+                return done
+            time.sleep(RAW_IDLE_POLL)
+    return done
+
+
+async def araw_open(path: str) -> aiosqlite.Connection:
+    db = await aiosqlite.connect(path, isolation_level=None)
+    for statement in ("PRAGMA busy_timeout = 5000", "PRAGMA journal_mode = WAL",
+                      "PRAGMA synchronous = NORMAL", *RAW_DDL):
+        await db.execute(statement)
+    return db
+
+
+async def araw_work(db: aiosqlite.Connection, keep_waiting: Callable[[], bool] | None = None) -> int:
+    """raw_work through aiosqlite."""
+    done = 0
+    while True:
+        version = (await db.execute_fetchall("PRAGMA data_version"))[0][0]
+        rows = await db.execute_fetchall(RAW_CLAIM, (time.time(),))
+        if rows:
+            for _, payload in rows:
+                raw_run(payload)
+            now = time.time()
+            await db.execute("BEGIN IMMEDIATE")
+            await db.executemany(RAW_DONE, [(now, row[0]) for row in rows])
+            await db.execute("COMMIT")
+            done += len(rows)
+            continue
+        if keep_waiting is None:
+            return done
+        while (await db.execute_fetchall("PRAGMA data_version"))[0][0] == version:
+            if not keep_waiting():
+                return done
+            await asyncio.sleep(RAW_IDLE_POLL)
+
+
+def raw_fill(path: str, n: int) -> None:
+    conn = raw_open(path)
+    for start in range(0, n, 10_000):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(RAW_INSERT, [raw_row({"n": i}) for i in range(start, min(n, start + 10_000))])
+        conn.execute("COMMIT")
+    conn.close()
+
+
+# --------------------------------------------------------------------------
+# litejobs helpers
+# --------------------------------------------------------------------------
+
+
+class Tally:
+    """Counts the jobs a store reports done (its ``success`` events) and
+    notes the moment given counts are reached."""
+
+    def __init__(self, store: litejobs.Store, *marks: int, shared: Any = None) -> None:
+        self.count = 0
+        self.at: dict[int, float | None] = dict.fromkeys(marks)
+        self.finished = asyncio.Event()
+        self.shared = shared  # a multiprocessing.Value summed over processes
+        store.on_event(self._on_event)
+
+    def expect(self, n: int) -> None:
+        """Add a mark once the total is known; the last mark sets ``finished``."""
+        self.at[n] = time.perf_counter() if self.count >= n else None
+        if self.count >= n:
+            self.finished.set()
+
+    def _on_event(self, event: litejobs.Event) -> None:
+        if event.kind != "success":
+            return
+        self.count += 1
+        if self.shared is not None:
+            with self.shared.get_lock():
+                self.shared.value += 1
+        if self.count in self.at:
+            self.at[self.count] = time.perf_counter()
+            if self.count == max(self.at):
+                self.finished.set()
+
+
+@contextlib.asynccontextmanager
+async def running(store: litejobs.Store, concurrency: int):
+    """A worker serving in the background; stopped (outcomes flushed) on the way out."""
+    worker = litejobs.Worker(store, [Noop, Stamped], concurrency=concurrency)
+    task = asyncio.create_task(worker.run(handle_signals=False))
+    try:
+        yield task
+    finally:
+        worker.stop()
+        await task
+
+
+async def until(event: asyncio.Event, worker: asyncio.Task, timeout: float = 1800) -> None:
+    """Wait for ``event``; fail loudly if the worker ends first."""
+    waiter = asyncio.ensure_future(event.wait())
+    done, _ = await asyncio.wait({waiter, worker}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    if waiter not in done:
+        waiter.cancel()
+        if worker.done():
+            worker.result()  # raises the worker's error, if it had one
+        raise RuntimeError("the worker stopped, or timed out, before the jobs were done")
+
+
+async def lj_fill(path: str, n: int) -> None:
+    async with litejobs.connect(path) as store:
+        for start in range(0, n, 10_000):
+            await store.enqueue_many([Noop(i) for i in range(start, min(n, start + 10_000))])
+
+
+# --------------------------------------------------------------------------
+# Child processes, files, statistics, printing
+# --------------------------------------------------------------------------
+
+SPAWN = multiprocessing.get_context("spawn")  # a fresh interpreter: no threads or loops inherited
+
+
+def _child_main(fn: Callable, args: tuple, ready: Any, go: Any, out: Any) -> None:
+    def gate() -> None:
+        ready.set()
+        go.wait()
+
+    try:
+        out.put(("ok", fn(gate, *args)))
+    except BaseException:
+        out.put(("error", traceback.format_exc()))
+
+
+class Child:
+    """``fn(gate, *args)`` in another process.  The child calls ``gate()`` when
+    set up; it returns when the parent calls ``go()``."""
+
+    def __init__(self, fn: Callable, *args: Any) -> None:
+        self._ready, self._go, self._out = SPAWN.Event(), SPAWN.Event(), SPAWN.Queue()
+        self._proc = SPAWN.Process(target=_child_main, args=(fn, args, self._ready, self._go, self._out),
+                                   daemon=True)
+        self._proc.start()
+
+    def wait_ready(self) -> None:
+        while not self._ready.wait(0.05):
+            if not self._proc.is_alive():
+                self.result()  # raises the child's error
+
+    def go(self) -> None:
+        self._go.set()
+
+    def finished(self) -> bool:
+        return not self._proc.is_alive()
+
+    def result(self, timeout: float = 1800) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                status, value = self._out.get(timeout=0.05)
+                break
+            except queue.Empty:
+                if not self._proc.is_alive() and self._out.empty():
+                    raise RuntimeError(f"child process died with exit code {self._proc.exitcode}") from None
+                if time.monotonic() > deadline:
+                    self._proc.kill()
+                    raise TimeoutError("child process did not finish") from None
+        self._proc.join()
+        if status == "error":
+            raise RuntimeError(f"in a child process:\n{value}")
+        return value
+
+
+def run_child(fn: Callable, *args: Any) -> Any:
+    child = Child(fn, *args)
+    child.wait_ready()
+    child.go()
+    return child.result()
+
+
+def file_size(path: str) -> int:
+    return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def interleave(runs: int, variants: dict[str, Callable[[], Any]]) -> dict[str, list]:
+    """Run every variant once per round, ``runs`` rounds, so that a busy moment
+    on the machine spreads over all of them rather than hitting one."""
+    samples: dict[str, list] = {key: [] for key in variants}
+    for _ in range(runs):
+        for key, fn in variants.items():
+            samples[key].append(fn())
+    return samples
+
+
+UNITS = {"jobs/s": "{:,.0f}", "ms": "{:,.2f}", "MB": "{:,.1f}", "% core": "{:,.2f}"}
+
+
+class Report:
+    """Prints aligned figure lines as they come, and keeps them for --json."""
+
+    def __init__(self) -> None:
+        self.figures: dict[str, dict] = {}
+
+    def group(self, title: str) -> None:
+        print(f"\n{title}", flush=True)
+
+    def line(self, key: str, label: str, runs: list[float], unit: str,
+             vs: tuple[tuple[str, str], ...] = (), note: str = "") -> None:
+        """One figure: the median of ``runs``, with its ratio to each (text, key) in ``vs``."""
+        value = statistics.median(runs)
+        ratios = {text: value / self.figures[other]["value"] for text, other in vs
+                  if other in self.figures and self.figures[other]["value"]}
+        self.figures[key] = {"label": label, "value": value, "unit": unit, "runs": runs, "ratios": ratios}
+        text = "   ".join(f"{r:.2f}x {t}" for t, r in ratios.items())
+        print(f"  {label:<46}{UNITS[unit].format(value):>11} {unit:<7}{text}{'   ' + note if note else ''}",
+              flush=True)
+
+
+class Bench:
+    """What the groups share: the plan, a scratch folder and the report."""
+
+    def __init__(self, plan: Plan, folder: str, report: Report) -> None:
+        self.plan, self.folder, self.report = plan, folder, report
+        self._counter = 0
+        self._templates: dict[tuple[str, int], str] = {}
+
+    def path(self, name: str) -> str:
+        """A new file name in the scratch folder."""
+        self._counter += 1
+        return os.path.join(self.folder, f"{self._counter:04d}-{name}.db")
+
+    def pending(self, kind: str, n: int) -> str:
+        """A fresh file with ``n`` pending no-op jobs: a copy of one built once."""
+        key = (kind, n)
+        if key not in self._templates:
+            template = self._templates[key] = self.path(f"template-{kind}-{n}")
+            if kind == "litejobs":
+                asyncio.run(lj_fill(template, n))
+            else:
+                raw_fill(template, n)
+        path = self.path(f"{kind}-{n}")
+        for suffix in ("", "-wal"):
+            if os.path.exists(self._templates[key] + suffix):
+                shutil.copyfile(self._templates[key] + suffix, path + suffix)
+        return path
+
+
+# --------------------------------------------------------------------------
+# enqueue
+# --------------------------------------------------------------------------
+
+
+def raw_single(path: str, n: int) -> float:
+    conn = raw_open(path)
+    start = time.perf_counter()
+    for i in range(n):
+        conn.execute(RAW_INSERT, raw_row({"n": i}))
+    rate = n / (time.perf_counter() - start)
+    conn.close()
+    return rate
+
+
+def raw_many(path: str, n: int) -> float:
+    conn = raw_open(path)
+    start = time.perf_counter()
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(RAW_INSERT, [raw_row({"n": i}) for i in range(n)])
+    conn.execute("COMMIT")
+    rate = n / (time.perf_counter() - start)
+    conn.close()
+    return rate
+
+
+async def araw_single(path: str, n: int) -> float:
+    db = await araw_open(path)
+    start = time.perf_counter()
+    for i in range(n):
+        await db.execute(RAW_INSERT, raw_row({"n": i}))
+    rate = n / (time.perf_counter() - start)
+    await db.close()
+    return rate
+
+
+async def lj_one_by_one(path: str, n: int) -> float:
+    async with litejobs.connect(path) as store:
+        start = time.perf_counter()
+        for i in range(n):
+            await store.enqueue(Noop(i))
+        return n / (time.perf_counter() - start)
+
+
+async def lj_concurrent(path: str, n: int, tasks: int) -> float:
+    async with litejobs.connect(path) as store:
+        async def enqueuer(k: int) -> None:
+            for i in range(k, n, tasks):
+                await store.enqueue(Noop(i))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(enqueuer(k) for k in range(tasks)))
+        return n / (time.perf_counter() - start)
+
+
+async def lj_many(path: str, n: int) -> float:
+    async with litejobs.connect(path) as store:
+        start = time.perf_counter()
+        await store.enqueue_many([Noop(i) for i in range(n)])
+        return n / (time.perf_counter() - start)
+
+
+def lj_sync(path: str, n: int) -> float:
+    store = litejobs.connect_sync(path)
+    start = time.perf_counter()
+    for i in range(n):
+        store.enqueue(Noop(i))
+    rate = n / (time.perf_counter() - start)
+    store.close()
+    return rate
+
+
+def group_enqueue(b: Bench) -> None:
+    p, line = b.plan, b.report.line
+    b.report.group(f"enqueue (into an empty file; the raw loops encode the same payload with orjson)")
+    s = interleave(p.runs, {
+        "raw_single": lambda: raw_single(b.path("raw-single"), p.one_by_one),
+        "araw_single": lambda: asyncio.run(araw_single(b.path("araw-single"), p.one_by_one)),
+        "raw_many": lambda: raw_many(b.path("raw-many"), p.many),
+        "one_by_one": lambda: asyncio.run(lj_one_by_one(b.path("lj-one"), p.one_by_one)),
+        "concurrent": lambda: asyncio.run(lj_concurrent(b.path("lj-concurrent"), p.concurrent, p.tasks)),
+        "many": lambda: asyncio.run(lj_many(b.path("lj-many"), p.many)),
+        "sync": lambda: lj_sync(b.path("lj-sync"), p.one_by_one),
+    })
+    sq, aio, many = "raw sqlite3", "raw aiosqlite", "raw executemany"
+    line("enqueue.raw_sqlite3_single", "raw sqlite3 single inserts", s["raw_single"], "jobs/s")
+    line("enqueue.raw_aiosqlite_single", "raw aiosqlite single inserts", s["araw_single"], "jobs/s",
+         vs=((sq, "enqueue.raw_sqlite3_single"),))
+    line("enqueue.raw_sqlite3_executemany", f"raw sqlite3 executemany of {p.many:,}", s["raw_many"], "jobs/s")
+    line("enqueue.one_by_one", "await enqueue, one after another", s["one_by_one"], "jobs/s",
+         vs=((aio, "enqueue.raw_aiosqlite_single"), (sq, "enqueue.raw_sqlite3_single")))
+    line("enqueue.concurrent", f"await enqueue, {p.tasks} concurrent tasks", s["concurrent"], "jobs/s",
+         vs=((many, "enqueue.raw_sqlite3_executemany"), (aio, "enqueue.raw_aiosqlite_single")))
+    line("enqueue.many", f"enqueue_many of {p.many:,}", s["many"], "jobs/s",
+         vs=((many, "enqueue.raw_sqlite3_executemany"),))
+    line("enqueue.sync", "connect_sync().enqueue, one after another", s["sync"], "jobs/s",
+         vs=((sq, "enqueue.raw_sqlite3_single"),))
+
+
+# --------------------------------------------------------------------------
+# drain
+# --------------------------------------------------------------------------
+
+
+def raw_drain(path: str) -> float:
+    conn = raw_open(path)
+    start = time.perf_counter()
+    done = raw_work(conn)
+    rate = done / (time.perf_counter() - start)
+    conn.close()
+    return rate
+
+
+async def araw_drain(path: str) -> float:
+    db = await araw_open(path)
+    start = time.perf_counter()
+    done = await araw_work(db)
+    rate = done / (time.perf_counter() - start)
+    await db.close()
+    return rate
+
+
+async def lj_drain(path: str, n: int, concurrency: int) -> float:
+    """From the worker's start until the store reports the n-th job done."""
+    async with litejobs.connect(path) as store:
+        tally = Tally(store, n)
+        start = time.perf_counter()
+        async with running(store, concurrency) as worker:
+            await until(tally.finished, worker)
+        return n / (tally.at[n] - start)
+
+
+def child_raw_drain(gate: Callable, path: str) -> float:
+    conn = raw_open(path)
+    gate()
+    raw_work(conn)
+    return time.time()
+
+
+def raw_drain_two(path: str) -> float:
+    n = sqlite3.connect(path).execute("SELECT count(*) FROM jobs WHERE state = 'pending'").fetchone()[0]
+    children = [Child(child_raw_drain, path) for _ in range(2)]
+    for child in children:
+        child.wait_ready()
+    start = time.time()
+    for child in children:
+        child.go()
+    return n / (max(child.result() for child in children) - start)
+
+
+def child_lj_drain(gate: Callable, path: str, n: int, concurrency: int, shared: Any) -> None:
+    async def main() -> None:
+        async with litejobs.connect(path) as store:
+            Tally(store, shared=shared)
+            gate()
+            async with running(store, concurrency) as worker:
+                while shared.value < n and not worker.done():
+                    await asyncio.sleep(0.002)
+
+    asyncio.run(main())
+
+
+def lj_drain_two(path: str, n: int, concurrency: int) -> float:
+    """Two worker processes; done when their success counts add up to n."""
+    shared = SPAWN.Value("q", 0)
+    children = [Child(child_lj_drain, path, n, concurrency, shared) for _ in range(2)]
+    for child in children:
+        child.wait_ready()
+    start = time.perf_counter()
+    for child in children:
+        child.go()
+    while shared.value < n:
+        if any(child.finished() for child in children):
+            break
+        time.sleep(0.001)
+    elapsed = time.perf_counter() - start
+    for child in children:
+        child.result()
+    if shared.value < n:
+        raise RuntimeError(f"two workers stopped after {shared.value} of {n} jobs")
+    return n / elapsed
+
+
+def group_drain(b: Bench) -> None:
+    p, line = b.plan, b.report.line
+    n = p.drain
+    b.report.group(f"drain ({n:,} pending no-op jobs, from the worker's start until the last is recorded done)")
+    variants: dict[str, Callable[[], float]] = {
+        "raw": lambda: raw_drain(b.pending("raw", n)),
+        "araw": lambda: asyncio.run(araw_drain(b.pending("raw", n))),
+        "raw_two": lambda: raw_drain_two(b.pending("raw", n)),
+    }
+    for c in DRAIN_CONCURRENCIES:
+        variants[f"c{c}"] = lambda c=c: asyncio.run(lj_drain(b.pending("litejobs", n), n, c))
+    variants["two"] = lambda: lj_drain_two(b.pending("litejobs", n), n, WORKER_CONCURRENCY)
+    s = interleave(p.runs, variants)
+    sq, aio = (("raw sqlite3", "drain.raw_sqlite3"),), (("raw aiosqlite", "drain.raw_aiosqlite"),)
+    line("drain.raw_sqlite3", "raw sqlite3 batch loop", s["raw"], "jobs/s")
+    line("drain.raw_aiosqlite", "raw aiosqlite batch loop", s["araw"], "jobs/s", vs=sq)
+    line("drain.raw_sqlite3_two", "raw sqlite3 batch loop, 2 processes", s["raw_two"], "jobs/s", vs=sq)
+    for c in DRAIN_CONCURRENCIES:
+        line(f"drain.c{c}", f"drain c={c}", s[f"c{c}"], "jobs/s", vs=sq + aio)
+    line("drain.two_processes", f"drain c={WORKER_CONCURRENCY}, 2 worker processes", s["two"], "jobs/s",
+         vs=(("raw sqlite3 2 processes", "drain.raw_sqlite3_two"),
+             (f"1 process c={WORKER_CONCURRENCY}", f"drain.c{WORKER_CONCURRENCY}")))
+
+
+# --------------------------------------------------------------------------
+# e2e: a producer in another process enqueues while the worker drains
+# --------------------------------------------------------------------------
+
+
+def child_produce(gate: Callable, kind: str, path: str, seconds: float) -> int:
+    """Enqueue stamped jobs one after another for ``seconds``; returns how many."""
+    async def with_litejobs() -> int:
+        async with litejobs.connect(path) as store:
+            gate()
+            n, deadline = 0, time.perf_counter() + seconds
+            while time.perf_counter() < deadline:
+                await store.enqueue(Stamped(time.time()))
+                n += 1
+            return n
+
+    async def with_aiosqlite() -> int:
+        db = await araw_open(path)
+        gate()
+        n, deadline = 0, time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            await db.execute(RAW_INSERT, raw_row({"t": time.time()}))
+            n += 1
+        await db.close()
+        return n
+
+    if kind == "litejobs":
+        return asyncio.run(with_litejobs())
+    if kind == "raw aiosqlite":
+        return asyncio.run(with_aiosqlite())
+    conn = raw_open(path)
+    gate()
+    n, deadline = 0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        conn.execute(RAW_INSERT, raw_row({"t": time.time()}))
+        n += 1
+    conn.close()
+    return n
+
+
+def latencies(n: int, elapsed: float) -> dict[str, float]:
+    return {"rate": n / elapsed, "p50": percentile(Starts.latencies, 50) * 1000,
+            "p99": percentile(Starts.latencies, 99) * 1000}
+
+
+def raw_e2e(path: str, seconds: float) -> dict[str, float]:
+    conn = raw_open(path)
+    child = Child(child_produce, "raw sqlite3", path, seconds)
+    Starts.reset()
+    child.wait_ready()
+    start = time.perf_counter()
+    child.go()
+    done = raw_work(conn, keep_waiting=lambda: not child.finished())
+    elapsed = time.perf_counter() - start
+    conn.close()
+    assert done == child.result()
+    return latencies(done, elapsed)
+
+
+async def araw_e2e(path: str, seconds: float) -> dict[str, float]:
+    db = await araw_open(path)
+    child = Child(child_produce, "raw aiosqlite", path, seconds)
+    Starts.reset()
+    await asyncio.to_thread(child.wait_ready)
+    start = time.perf_counter()
+    child.go()
+    done = await araw_work(db, keep_waiting=lambda: not child.finished())
+    elapsed = time.perf_counter() - start
+    await db.close()
+    assert done == child.result()
+    return latencies(done, elapsed)
+
+
+async def lj_e2e(path: str, seconds: float) -> dict[str, float]:
+    async with litejobs.connect(path) as store:
+        child = Child(child_produce, "litejobs", path, seconds)
+        tally = Tally(store)
+        Starts.reset()
+        async with running(store, WORKER_CONCURRENCY) as worker:
+            await asyncio.to_thread(child.wait_ready)
+            start = time.perf_counter()
+            child.go()
+            n = await asyncio.to_thread(child.result)
+            tally.expect(n)
+            await until(tally.finished, worker)
+        return latencies(n, tally.at[n] - start)
+
+
+def group_e2e(b: Bench) -> None:
+    p, line = b.plan, b.report.line
+    b.report.group(f"end to end (a producer process enqueues one after another for {p.e2e_seconds:g} s while "
+                   f"the worker drains; jobs/s until the last is done)")
+    s = interleave(p.runs, {
+        "raw": lambda: raw_e2e(b.path("raw-e2e"), p.e2e_seconds),
+        "araw": lambda: asyncio.run(araw_e2e(b.path("araw-e2e"), p.e2e_seconds)),
+        "lj": lambda: asyncio.run(lj_e2e(b.path("lj-e2e"), p.e2e_seconds)),
+    })
+    for key, label in (("raw", "raw sqlite3"), ("araw", "raw aiosqlite"), ("lj", f"litejobs c={WORKER_CONCURRENCY}")):
+        name = "e2e." + label.split()[-1].replace("=", "")
+        vs = {} if key == "raw" else {"raw sqlite3": "e2e.sqlite3"}
+        if key == "lj":
+            vs["raw aiosqlite"] = "e2e.aiosqlite"
+        for figure, unit in (("rate", "jobs/s"), ("p50", "ms"), ("p99", "ms")):
+            what = {"rate": "", "p50": ", enqueue-to-start p50", "p99": ", enqueue-to-start p99"}[figure]
+            line(f"{name}{'' if figure == 'rate' else '.' + figure}", f"{label}{what}",
+                 [run[figure] for run in s[key]], unit,
+                 vs=tuple((text, other + ('' if figure == 'rate' else '.' + figure)) for text, other in vs.items()))
+
+
+# --------------------------------------------------------------------------
+# latency: pick-up by an idle worker, and its CPU use
+# --------------------------------------------------------------------------
+
+
+def child_enqueue_stamped(gate: Callable, kind: str, path: str, samples: int, ack: Any, seed: int) -> None:
+    """Enqueue one stamped job at a time, at random moments; wait until it started."""
+    rng = random.Random(seed)
+    store = litejobs.connect_sync(path) if kind == "litejobs" else raw_open(path)
+    gate()
+    for _ in range(samples):
+        time.sleep(rng.uniform(0.002, 0.02))
+        if kind == "litejobs":
+            store.enqueue(Stamped(time.time()))
+        else:
+            store.execute(RAW_INSERT, raw_row({"t": time.time()}))
+        if not ack.acquire(timeout=30):
+            raise RuntimeError("a job was not started within 30 s")
+    store.close()
+
+
+def raw_pickup_here(path: str, samples: int) -> float:
+    """The raw loop in a thread; jobs enqueued from this process's main thread."""
+    worker_conn, conn = raw_open(path), raw_open(path)
+    started, stop = threading.Event(), threading.Event()
+    Starts.reset(hook=started.set)
+    thread = threading.Thread(target=raw_work, args=(worker_conn, lambda: not stop.is_set()))
+    thread.start()
+    rng = random.Random(1)
+    for _ in range(samples):
+        time.sleep(rng.uniform(0.002, 0.02))
+        started.clear()
+        conn.execute(RAW_INSERT, raw_row({"t": time.time()}))
+        if not started.wait(30):
+            raise RuntimeError("the raw loop did not start a job within 30 s")
+    stop.set()
+    thread.join()
+    worker_conn.close()
+    conn.close()
+    return percentile(Starts.latencies, 50) * 1000
+
+
+async def araw_pickup_here(path: str, samples: int) -> float:
+    worker_db, db = await araw_open(path), await araw_open(path)
+    started, stop = asyncio.Event(), False
+    Starts.reset(hook=started.set)
+    worker = asyncio.create_task(araw_work(worker_db, lambda: not stop))
+    rng = random.Random(1)
+    for _ in range(samples):
+        await asyncio.sleep(rng.uniform(0.002, 0.02))
+        started.clear()
+        await db.execute(RAW_INSERT, raw_row({"t": time.time()}))
+        await until(started, worker, timeout=30)
+    stop = True
+    await worker
+    await worker_db.close()
+    await db.close()
+    return percentile(Starts.latencies, 50) * 1000
+
+
+def raw_pickup_there(path: str, samples: int) -> float:
+    conn, ack = raw_open(path), SPAWN.Semaphore(0)
+    child = Child(child_enqueue_stamped, "raw", path, samples, ack, 1)
+    Starts.reset(hook=ack.release)
+    child.wait_ready()
+    child.go()
+    raw_work(conn, keep_waiting=lambda: not child.finished())
+    child.result()
+    conn.close()
+    return percentile(Starts.latencies, 50) * 1000
+
+
+async def araw_pickup_there(path: str, samples: int) -> float:
+    db, ack = await araw_open(path), SPAWN.Semaphore(0)
+    child = Child(child_enqueue_stamped, "raw", path, samples, ack, 1)
+    Starts.reset(hook=ack.release)
+    await asyncio.to_thread(child.wait_ready)
+    child.go()
+    await araw_work(db, keep_waiting=lambda: not child.finished())
+    child.result()
+    await db.close()
+    return percentile(Starts.latencies, 50) * 1000
+
+
+async def lj_pickup_here(path: str, samples: int) -> float:
+    async with litejobs.connect(path) as store:
+        started = asyncio.Event()
+        Starts.reset(hook=started.set)
+        async with running(store, WORKER_CONCURRENCY) as worker:
+            await asyncio.sleep(0.2)  # let it settle into idling
+            rng = random.Random(1)
+            for _ in range(samples):
+                await asyncio.sleep(rng.uniform(0.002, 0.02))
+                started.clear()
+                await store.enqueue(Stamped(time.time()))
+                await until(started, worker, timeout=30)
+    return percentile(Starts.latencies, 50) * 1000
+
+
+async def lj_pickup_there(path: str, samples: int) -> float:
+    async with litejobs.connect(path) as store:
+        ack = SPAWN.Semaphore(0)
+        child = Child(child_enqueue_stamped, "litejobs", path, samples, ack, 1)
+        Starts.reset(hook=ack.release)
+        async with running(store, WORKER_CONCURRENCY):
+            await asyncio.to_thread(child.wait_ready)
+            child.go()
+            await asyncio.to_thread(child.result)
+    return percentile(Starts.latencies, 50) * 1000
+
+
+async def lj_idle_cpu(path: str, seconds: float) -> float:
+    """This process's CPU time (all threads) while its worker idles, in % of one core."""
+    async with litejobs.connect(path) as store:
+        async with running(store, WORKER_CONCURRENCY):
+            await asyncio.sleep(0.5)
+            cpu, wall = time.process_time(), time.perf_counter()
+            await asyncio.sleep(seconds)
+            return 100 * (time.process_time() - cpu) / (time.perf_counter() - wall)
+
+
+def group_latency(b: Bench) -> None:
+    p, line = b.plan, b.report.line
+    b.report.group(f"pick-up latency of an idle worker (enqueue-to-start p50 of {p.pickups} jobs enqueued "
+                   f"one at a time; raw loops poll data_version every {RAW_IDLE_POLL * 1000:g} ms)")
+    s = interleave(p.runs, {
+        "raw_here": lambda: raw_pickup_here(b.path("raw-pickup"), p.pickups),
+        "raw_there": lambda: raw_pickup_there(b.path("raw-pickup"), p.pickups),
+        "araw_here": lambda: asyncio.run(araw_pickup_here(b.path("araw-pickup"), p.pickups)),
+        "araw_there": lambda: asyncio.run(araw_pickup_there(b.path("araw-pickup"), p.pickups)),
+        "here": lambda: asyncio.run(lj_pickup_here(b.path("lj-pickup"), p.pickups)),
+        "there": lambda: asyncio.run(lj_pickup_there(b.path("lj-pickup"), p.pickups)),
+        "cpu": lambda: asyncio.run(lj_idle_cpu(b.path("lj-idle"), p.idle_seconds)),
+    })
+    line("latency.raw_sqlite3_same", "raw sqlite3, same process", s["raw_here"], "ms")
+    line("latency.raw_sqlite3_other", "raw sqlite3, from another process", s["raw_there"], "ms")
+    line("latency.raw_aiosqlite_same", "raw aiosqlite, same process", s["araw_here"], "ms")
+    line("latency.raw_aiosqlite_other", "raw aiosqlite, from another process", s["araw_there"], "ms")
+    line("latency.same_process", "pick-up p50, same process", s["here"], "ms",
+         vs=(("raw sqlite3", "latency.raw_sqlite3_same"), ("raw aiosqlite", "latency.raw_aiosqlite_same")))
+    line("latency.other_process", "pick-up p50, from another process (connect_sync)", s["there"], "ms",
+         vs=(("raw sqlite3", "latency.raw_sqlite3_other"), ("raw aiosqlite", "latency.raw_aiosqlite_other")),
+         note=f"(default poll_interval={POLL_INTERVAL:g} s)")
+    line("latency.idle_cpu", f"idle worker CPU over {p.idle_seconds:g} s", s["cpu"], "% core")
+
+
+# --------------------------------------------------------------------------
+# scale and size: a big queue against a small one
+# --------------------------------------------------------------------------
+
+
+def child_scale(gate: Callable, kind: str, path: str, first: int, total: int) -> dict[str, float]:
+    """Drain every pending job; the rate over the first ``first`` and over all, and peak RSS."""
+    if kind == "litejobs":
+        async def main() -> tuple[float, float, float]:
+            async with litejobs.connect(path) as store:
+                tally = Tally(store, first, total)
+                gate()
+                start = time.perf_counter()
+                async with running(store, WORKER_CONCURRENCY) as worker:
+                    await until(tally.finished, worker)
+                return start, tally.at[first], tally.at[total]
+
+        start, at_first, at_total = asyncio.run(main())
+    else:
+        conn = raw_open(path)
+        gate()
+        start = time.perf_counter()
+        first = raw_work(conn, limit=first)
+        at_first = time.perf_counter()
+        total = first + raw_work(conn)
+        at_total = time.perf_counter()
+        conn.close()
+    return {"first": first / (at_first - start), "all": total / (at_total - start),
+            "rss": peak_rss_mb(), "size": file_size(path) / 1e6}
+
+
+_scale_results: dict[int, dict] = {}
+
+
+def scale_experiment(b: Bench) -> dict[str, dict[str, list[float]]]:
+    """Workers in their own processes drain a small queue (``runs`` times) and
+    a big one (once); shared by the scale and size groups."""
+    if id(b) in _scale_results:
+        return _scale_results[id(b)]
+    p = b.plan
+    first = min(p.small, p.big)
+    results: dict[str, dict[str, list[float]]] = {}
+    small = interleave(p.runs, {
+        kind: lambda kind=kind: run_child(child_scale, kind, b.pending(kind, p.small), first, p.small)
+        for kind in ("raw", "litejobs")})
+    for kind in ("raw", "litejobs"):
+        path = b.path(f"{kind}-{p.big}")
+        print(f"  (filling {p.big:,} {kind} jobs and draining them all, once ...)", flush=True)
+        if kind == "litejobs":
+            asyncio.run(lj_fill(path, p.big))
+        else:
+            raw_fill(path, p.big)
+        big = run_child(child_scale, kind, path, first, p.big)
+        for figure in ("first", "all", "rss", "size"):
+            results[f"{kind}.small.{figure}"] = [run[figure] for run in small[kind]]
+            results[f"{kind}.big.{figure}"] = [big[figure]]
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.remove(path + suffix)
+    _scale_results[id(b)] = results
+    return results
+
+
+def group_scale(b: Bench) -> None:
+    p, line = b.plan, b.report.line
+    b.report.group(f"scale (a worker process c={WORKER_CONCURRENCY}: drain rate over the first {p.small:,} "
+                   f"jobs, {p.big:,} pending measured once)")
+    r = scale_experiment(b)
+    once = "(1 run)" if p.runs > 1 else ""
+    for kind, label in (("raw", "raw sqlite3"), ("litejobs", "litejobs")):
+        small, big = f"scale.{kind}_{p.small}", f"scale.{kind}_{p.big}"
+        raw_vs = () if kind == "raw" else (("raw sqlite3", f"scale.raw_{p.small}"),)
+        line(small, f"{label} drain, {p.small:,} pending", r[f"{kind}.small.first"], "jobs/s", vs=raw_vs)
+        line(big, f"{label} drain, {p.big:,} pending", r[f"{kind}.big.first"], "jobs/s",
+             vs=((f"{p.small:,} pending", small),)
+             + (() if kind == "raw" else (("raw sqlite3", f"scale.raw_{p.big}"),)), note=once)
+        line(f"{big}_all", f"{label} drain all {p.big:,}", r[f"{kind}.big.all"], "jobs/s",
+             vs=((f"{p.small:,} pending", small),), note=once)
+    for kind, label in (("raw", "raw sqlite3"), ("litejobs", "litejobs worker")):
+        raw_vs = () if kind == "raw" else (("raw sqlite3", f"scale.raw_rss_{p.small}"),)
+        line(f"scale.{kind}_rss_{p.small}", f"{label} peak RSS, {p.small:,} pending",
+             r[f"{kind}.small.rss"], "MB", vs=raw_vs)
+        line(f"scale.{kind}_rss_{p.big}", f"{label} peak RSS, {p.big:,} pending", r[f"{kind}.big.rss"], "MB",
+             vs=((f"{p.small:,} pending", f"scale.{kind}_rss_{p.small}"),)
+             + (() if kind == "raw" else (("raw sqlite3", f"scale.raw_rss_{p.big}"),)), note=once)
+
+
+def group_size(b: Bench) -> None:
+    p, line = b.plan, b.report.line
+    b.report.group(f"file size after every job ran (litejobs with its default retention, keep_done one day; "
+                   f"the raw table keeps its done rows)")
+    r = scale_experiment(b)
+    once = "(1 run)" if p.runs > 1 else ""
+    for kind, label in (("raw", "raw sqlite3"), ("litejobs", "litejobs")):
+        raw_vs = lambda n: () if kind == "raw" else (("raw sqlite3", f"size.raw_{n}"),)  # noqa: E731
+        line(f"size.{kind}_{p.small}", f"{label} file after {p.small:,} jobs", r[f"{kind}.small.size"], "MB",
+             vs=raw_vs(p.small))
+        line(f"size.{kind}_{p.big}", f"{label} file after {p.big:,} jobs", r[f"{kind}.big.size"], "MB",
+             vs=((f"{p.small:,} jobs", f"size.{kind}_{p.small}"),) + raw_vs(p.big), note=once)
+
+
+# --------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a reduced run: small sizes, one run each")
+    parser.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")
+    parser.add_argument("--only", metavar="NAME[,NAME]", help=f"run only these groups: {', '.join(GROUPS)}")
+    parser.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "bench-scratch"),
+                        help="where the scratch folder goes (default: %(default)s)")
+    args = parser.parse_args(argv)
+    groups = GROUPS if args.only is None else tuple(g.strip() for g in args.only.split(",") if g.strip())
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        parser.error(f"unknown group(s) {', '.join(sorted(unknown))}; choose from {', '.join(GROUPS)}")
+    plan = QUICK if args.quick else FULL
+
+    meta = {
+        "litejobs": litejobs.__version__, "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
+        "aiosqlite": getattr(aiosqlite, "__version__", "?"), "orjson": orjson.__version__,
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+        "quick": args.quick, "plan": dataclasses.asdict(plan),
+    }
+    print(f"litejobs {meta['litejobs']} benchmark{' (--quick)' if args.quick else ''}: Python {meta['python']}, "
+          f"SQLite {meta['sqlite']}, aiosqlite {meta['aiosqlite']}, orjson {meta['orjson']}, {meta['machine']}")
+    print(f"durable files, WAL, synchronous=NORMAL; each figure the median of {plan.runs} run(s) unless marked; "
+          f"ratios are litejobs / raw")
+
+    os.makedirs(args.dir, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="run-", dir=args.dir)
+    report = Report()
+    bench = Bench(plan, folder, report)
+    began = time.perf_counter()
+    try:
+        for name in GROUPS:
+            if name in groups:
+                globals()[f"group_{name}"](bench)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    print(f"\ntook {time.perf_counter() - began:.0f} s")
+    if args.json:
+        with open(args.json, "wb") as out:
+            out.write(orjson.dumps({"meta": meta, "figures": report.figures}, option=orjson.OPT_INDENT_2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
