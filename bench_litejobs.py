@@ -411,7 +411,7 @@ class Report:
                   if other in self.figures and self.figures[other]["value"]}
         self.figures[key] = {"label": label, "value": value, "unit": unit, "runs": runs, "ratios": ratios}
         text = "   ".join(f"{r:.2f}x {t}" for t, r in ratios.items())
-        print(f"  {label:<46}{UNITS[unit].format(value):>11} {unit:<7}{text}{'   ' + note if note else ''}",
+        print(f"  {label:<48}{UNITS[unit].format(value):>11} {unit:<8}{text}{'   ' + note if note else ''}",
               flush=True)
 
 
@@ -584,7 +584,8 @@ def child_raw_drain(gate: Callable, path: str) -> float:
 
 
 def raw_drain_two(path: str) -> float:
-    n = sqlite3.connect(path).execute("SELECT count(*) FROM jobs WHERE state = 'pending'").fetchone()[0]
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        n = conn.execute("SELECT count(*) FROM jobs WHERE state = 'pending'").fetchone()[0]
     children = [Child(child_raw_drain, path) for _ in range(2)]
     for child in children:
         child.wait_ready()
@@ -691,6 +692,11 @@ def child_produce(gate: Callable, kind: str, path: str, seconds: float) -> int:
     return n
 
 
+def check_count(ran: int, enqueued: int) -> None:
+    if ran != enqueued:
+        raise RuntimeError(f"the raw loop ran {ran} jobs, but {enqueued} were enqueued")
+
+
 def latencies(n: int, elapsed: float) -> dict[str, float]:
     return {"rate": n / elapsed, "p50": percentile(Starts.latencies, 50) * 1000,
             "p99": percentile(Starts.latencies, 99) * 1000}
@@ -706,7 +712,7 @@ def raw_e2e(path: str, seconds: float) -> dict[str, float]:
     done = raw_work(conn, keep_waiting=lambda: not child.finished())
     elapsed = time.perf_counter() - start
     conn.close()
-    assert done == child.result()
+    check_count(done, child.result())
     return latencies(done, elapsed)
 
 
@@ -720,7 +726,7 @@ async def araw_e2e(path: str, seconds: float) -> dict[str, float]:
     done = await araw_work(db, keep_waiting=lambda: not child.finished())
     elapsed = time.perf_counter() - start
     await db.close()
-    assert done == child.result()
+    check_count(done, child.result())
     return latencies(done, elapsed)
 
 
@@ -748,16 +754,13 @@ def group_e2e(b: Bench) -> None:
         "araw": lambda: asyncio.run(araw_e2e(b.path("araw-e2e"), p.e2e_seconds)),
         "lj": lambda: asyncio.run(lj_e2e(b.path("lj-e2e"), p.e2e_seconds)),
     })
-    for key, label in (("raw", "raw sqlite3"), ("araw", "raw aiosqlite"), ("lj", f"litejobs c={WORKER_CONCURRENCY}")):
-        name = "e2e." + label.split()[-1].replace("=", "")
-        vs = {} if key == "raw" else {"raw sqlite3": "e2e.sqlite3"}
-        if key == "lj":
-            vs["raw aiosqlite"] = "e2e.aiosqlite"
-        for figure, unit in (("rate", "jobs/s"), ("p50", "ms"), ("p99", "ms")):
-            what = {"rate": "", "p50": ", enqueue-to-start p50", "p99": ", enqueue-to-start p99"}[figure]
-            line(f"{name}{'' if figure == 'rate' else '.' + figure}", f"{label}{what}",
-                 [run[figure] for run in s[key]], unit,
-                 vs=tuple((text, other + ('' if figure == 'rate' else '.' + figure)) for text, other in vs.items()))
+    for figure, unit, what in (("rate", "jobs/s", ""), ("p50", "ms", ", enqueue-to-start p50"),
+                               ("p99", "ms", ", enqueue-to-start p99")):
+        sq, aio = ("raw sqlite3", f"e2e.raw_sqlite3.{figure}"), ("raw aiosqlite", f"e2e.raw_aiosqlite.{figure}")
+        line(sq[1], f"raw sqlite3{what}", [run[figure] for run in s["raw"]], unit)
+        line(aio[1], f"raw aiosqlite{what}", [run[figure] for run in s["araw"]], unit, vs=(sq,))
+        line(f"e2e.litejobs.{figure}", f"litejobs c={WORKER_CONCURRENCY}{what}", [run[figure] for run in s["lj"]],
+             unit, vs=(sq, aio))
 
 
 # --------------------------------------------------------------------------
@@ -900,7 +903,7 @@ def group_latency(b: Bench) -> None:
     line("latency.raw_aiosqlite_other", "raw aiosqlite, from another process", s["araw_there"], "ms")
     line("latency.same_process", "pick-up p50, same process", s["here"], "ms",
          vs=(("raw sqlite3", "latency.raw_sqlite3_same"), ("raw aiosqlite", "latency.raw_aiosqlite_same")))
-    line("latency.other_process", "pick-up p50, from another process (connect_sync)", s["there"], "ms",
+    line("latency.other_process", "pick-up p50, another process (connect_sync)", s["there"], "ms",
          vs=(("raw sqlite3", "latency.raw_sqlite3_other"), ("raw aiosqlite", "latency.raw_aiosqlite_other")),
          note=f"(default poll_interval={POLL_INTERVAL:g} s)")
     line("latency.idle_cpu", f"idle worker CPU over {p.idle_seconds:g} s", s["cpu"], "% core")
@@ -1000,11 +1003,12 @@ def group_size(b: Bench) -> None:
     r = scale_experiment(b)
     once = "(1 run)" if p.runs > 1 else ""
     for kind, label in (("raw", "raw sqlite3"), ("litejobs", "litejobs")):
-        raw_vs = lambda n: () if kind == "raw" else (("raw sqlite3", f"size.raw_{n}"),)  # noqa: E731
-        line(f"size.{kind}_{p.small}", f"{label} file after {p.small:,} jobs", r[f"{kind}.small.size"], "MB",
-             vs=raw_vs(p.small))
-        line(f"size.{kind}_{p.big}", f"{label} file after {p.big:,} jobs", r[f"{kind}.big.size"], "MB",
-             vs=((f"{p.small:,} jobs", f"size.{kind}_{p.small}"),) + raw_vs(p.big), note=once)
+        small, big = f"size.{kind}_{p.small}", f"size.{kind}_{p.big}"
+        line(small, f"{label} file after {p.small:,} jobs", r[f"{kind}.small.size"], "MB",
+             vs=() if kind == "raw" else (("raw sqlite3", f"size.raw_{p.small}"),))
+        line(big, f"{label} file after {p.big:,} jobs", r[f"{kind}.big.size"], "MB",
+             vs=((f"{p.small:,} jobs", small),) + (() if kind == "raw" else (("raw sqlite3", f"size.raw_{p.big}"),)),
+             note=once)
 
 
 # --------------------------------------------------------------------------

@@ -120,20 +120,22 @@ _DDL = [
         value TEXT NOT NULL
     )""",
     # AUTOINCREMENT: an id is never reused after its row is pruned, so an
-    # old id held by a caller can never name somebody else's job.
+    # old id held by a caller can never name somebody else's job.  The CHECKs
+    # refuse hand edits that would leave a job unclaimable or crash a worker.
     """CREATE TABLE IF NOT EXISTS litejobs_jobs (
         id               INTEGER PRIMARY KEY AUTOINCREMENT,
         name             TEXT NOT NULL,
         queue            TEXT NOT NULL,
         payload          TEXT NOT NULL,
-        state            TEXT NOT NULL DEFAULT 'pending',
-        priority         INTEGER NOT NULL DEFAULT 0,
-        run_at           REAL NOT NULL,
-        attempts         INTEGER NOT NULL DEFAULT 0,
-        max_retries      INTEGER,
-        backoff          TEXT NOT NULL,
-        backoff_value    REAL NOT NULL,
-        timeout_ms       INTEGER NOT NULL,
+        state            TEXT NOT NULL DEFAULT 'pending'
+                         CHECK (state IN ('pending', 'running', 'done', 'dead', 'cancelled')),
+        priority         INTEGER NOT NULL DEFAULT 0 CHECK (typeof(priority) = 'integer'),
+        run_at           REAL NOT NULL CHECK (typeof(run_at) = 'real'),
+        attempts         INTEGER NOT NULL DEFAULT 0 CHECK (typeof(attempts) = 'integer' AND attempts >= 0),
+        max_retries      INTEGER CHECK (max_retries IS NULL OR (typeof(max_retries) = 'integer' AND max_retries >= 0)),
+        backoff          TEXT NOT NULL CHECK (backoff IN ('linear', 'exponential')),
+        backoff_value    REAL NOT NULL CHECK (typeof(backoff_value) = 'real' AND backoff_value >= 0),
+        timeout_ms       INTEGER NOT NULL CHECK (typeof(timeout_ms) = 'integer' AND timeout_ms > 0),
         unique_key       TEXT,
         lease            INTEGER NOT NULL DEFAULT 0,
         deadline         REAL,
@@ -709,6 +711,13 @@ class JobInfo:
 
     @classmethod
     def _from_row(cls, row: Sequence) -> JobInfo:
+        try:
+            return cls._from_row_unchecked(row)
+        except (KeyError, TypeError, ValueError, LiteJobsError) as exc:
+            raise StoreError(f"job {row[0]} has a row litejobs cannot read (edited by hand?): {exc!r}") from None
+
+    @classmethod
+    def _from_row_unchecked(cls, row: Sequence) -> JobInfo:
         (id_, name, queue, payload, state, priority, run_at, attempts, max_retries,
          backoff, backoff_value, timeout_ms, unique_key, _lease, created_at,
          started_at, finished_at, last_error, result) = row
@@ -833,6 +842,16 @@ def _create_private_file(path: str) -> None:
         raise StoreError(f"cannot create {path!r}: {exc.strerror}") from None
 
 
+def _open_error(path: str, exc: sqlite3.Error) -> StoreError:
+    """Say in plain words why a database could not be opened for jobs."""
+    text = str(exc)
+    if "readonly" in text or "unable to open" in text:
+        return StoreError(f"{path}: cannot write to the database: the file or its folder is read-only ({text})")
+    if "not a database" in text:
+        return StoreError(f"{path}: not an SQLite database ({text})")
+    return StoreError(f"{path}: {text}")
+
+
 def _open_schema(conn: sqlite3.Connection, path: str, synchronous: str) -> None:
     """Check the file, switch to WAL and create the tables: reads first, so a
     file that is not ours to change is refused before anything is written."""
@@ -840,7 +859,9 @@ def _open_schema(conn: sqlite3.Connection, path: str, synchronous: str) -> None:
     try:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as exc:
-        raise StoreError(f"{path}: not an SQLite database ({exc})") from None
+        raise _open_error(path, exc) from None
+    if "litejobs_meta" not in tables and any(t.startswith("litejobs_") for t in tables):
+        raise StoreError(f"{path} has litejobs_ tables that litejobs did not create; not touching them")
     if "litejobs_meta" in tables:
         row = conn.execute("SELECT value FROM litejobs_meta WHERE key = 'schema_version'").fetchone()
         version = int(row[0]) if row and str(row[0]).isdigit() else None
@@ -851,7 +872,10 @@ def _open_schema(conn: sqlite3.Connection, path: str, synchronous: str) -> None:
                 f"{path} has litejobs schema version {version}, but this litejobs "
                 f"{__version__} knows only up to {_SCHEMA_VERSION}: upgrade litejobs"
             )
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise _open_error(path, exc) from None
     if mode not in ("wal", "memory"):
         raise StoreError(f"{path}: could not switch to WAL mode (it stays in {mode!r} mode)")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
@@ -1139,10 +1163,29 @@ def _failure_outcome(row: Sequence, error: str, event: str, requested_delay: flo
                      dead_now: bool = False, duration: float | None = None) -> _Outcome:
     """Decide retry or death for a failed attempt of a claimed ``row``."""
     job_id, name, queue, attempts, lease, max_retries, backoff, backoff_value = row[:8]
-    delay = None if dead_now else _retry_decision(
-        attempts, max_retries, Backoff.from_column(backoff, backoff_value), requested_delay)
+    delay = None
+    if not dead_now:
+        try:
+            delay = _retry_decision(attempts, max_retries, Backoff.from_column(backoff, backoff_value),
+                                    requested_delay)
+        except (KeyError, TypeError, ValueError, LiteJobsError):
+            error += f"\n(not retried: the row's limits are corrupt: {_row_problem(row)})"
     return _Outcome(job_id, lease, "dead" if delay is None else "pending", event, name, queue,
                     attempts, delay=delay, error=error, duration=duration)
+
+
+def _row_problem(row: Sequence) -> str | None:
+    """What is wrong with a claimed row edited behind our back, or None."""
+    _id, _name, _queue, attempts, _lease, max_retries, backoff, backoff_value = row[:8]
+    if not isinstance(attempts, int) or attempts < 1:
+        return f"attempts is {attempts!r}"
+    if max_retries is not None and (not isinstance(max_retries, int) or max_retries < 0):
+        return f"max_retries is {max_retries!r}"
+    try:
+        Backoff.from_column(backoff, backoff_value)
+    except (KeyError, TypeError, ValueError, LiteJobsError):
+        return f"backoff is {backoff!r} {backoff_value!r}"
+    return None
 
 
 @dataclasses.dataclass
@@ -1892,7 +1935,13 @@ class Worker:
     def _start(self, row: tuple) -> None:
         job_id, name, queue, payload, attempt_no = row[:5]
         cls = self._registry[name]
+        attempt = _Attempt(row, None, time.monotonic())  # type: ignore[arg-type]
+        problem = _row_problem(attempt.limits())
+        if problem is None and (not isinstance(row[9], int) or row[9] <= 0):
+            problem = f"timeout_ms is {row[9]!r}"
         try:
+            if problem is not None:
+                raise ValueError(f"the row was edited by hand: {problem}")
             job = cls.from_payload(orjson.loads(payload))
             if not isinstance(job, cls):
                 raise TypeError(f"from_payload() returned {type(job).__name__}, not {cls.__name__}")
@@ -1900,11 +1949,10 @@ class Worker:
             # It can never succeed, so retrying would only repeat the error.
             error = f"cannot decode the payload of job {name!r} (id {job_id}): {type(exc).__name__}: {exc}"
             logger.error("%s", error)
-            attempt = _Attempt(row, None, time.monotonic())  # type: ignore[arg-type]
             self._record(_failure_outcome(attempt.limits(), error, "failure", dead_now=True))
             return
         loop = asyncio.get_running_loop()
-        attempt = _Attempt(row, job, time.monotonic())
+        attempt.job = job
         self._running[queue] += 1
         self._attempts.add(attempt)
         self.store._emit(Event("start", job_id, name, queue, attempt_no))
@@ -1980,6 +2028,12 @@ class Worker:
             else:
                 outcome = _failure_outcome(attempt.limits(), "CancelledError: the job's task was cancelled",
                                            "failure", duration=duration)
+        elif duration > attempt.row[9] / 1000:
+            # It blocked the event loop past its TIMEOUT, so the timer could
+            # not fire first; it still broke its limit.
+            error = (f"TimeoutError: job {attempt.row[1]!r} (id {attempt.job_id}) exceeded its timeout of "
+                     f"{attempt.row[9]} ms (it ran {duration * 1000:.0f} ms, blocking the event loop)")
+            outcome = _failure_outcome(attempt.limits(), error, "timeout", duration=duration)
         elif task.exception() is None:
             outcome = attempt.outcome("done", "success", duration=duration)
             try:
