@@ -82,6 +82,7 @@ import textwrap
 import threading
 import time
 import traceback
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from enum import Enum
@@ -114,6 +115,20 @@ _GIVE_UP_AFTER = 60.0
 _WATCHDOG_GRACE = 2.0
 _WATCHDOG_INTERVAL = 1.0
 
+# What a job row must satisfy, column by column, and what a broken value is
+# replaced with when the row is quarantined (see _quarantine_broken_rows).
+# Written once: the table's CHECKs and the quarantine are built from it.
+_JOB_CHECKS = {
+    "state": ("state IN ('pending', 'running', 'done', 'dead', 'cancelled')", "'dead'"),
+    "priority": ("typeof(priority) = 'integer'", "0"),
+    "run_at": ("typeof(run_at) = 'real'", "?1"),
+    "attempts": ("typeof(attempts) = 'integer' AND attempts >= 0", "0"),
+    "max_retries": ("max_retries IS NULL OR (typeof(max_retries) = 'integer' AND max_retries >= 0)", "0"),
+    "backoff": ("backoff IN ('linear', 'exponential')", "'linear'"),
+    "backoff_value": ("typeof(backoff_value) = 'real' AND backoff_value >= 0", "0.0"),
+    "timeout_ms": ("typeof(timeout_ms) = 'integer' AND timeout_ms > 0", "1000"),
+}
+
 _DDL = [
     """CREATE TABLE IF NOT EXISTS litejobs_meta (
         key   TEXT PRIMARY KEY,
@@ -127,15 +142,14 @@ _DDL = [
         name             TEXT NOT NULL,
         queue            TEXT NOT NULL,
         payload          TEXT NOT NULL,
-        state            TEXT NOT NULL DEFAULT 'pending'
-                         CHECK (state IN ('pending', 'running', 'done', 'dead', 'cancelled')),
-        priority         INTEGER NOT NULL DEFAULT 0 CHECK (typeof(priority) = 'integer'),
-        run_at           REAL NOT NULL CHECK (typeof(run_at) = 'real'),
-        attempts         INTEGER NOT NULL DEFAULT 0 CHECK (typeof(attempts) = 'integer' AND attempts >= 0),
-        max_retries      INTEGER CHECK (max_retries IS NULL OR (typeof(max_retries) = 'integer' AND max_retries >= 0)),
-        backoff          TEXT NOT NULL CHECK (backoff IN ('linear', 'exponential')),
-        backoff_value    REAL NOT NULL CHECK (typeof(backoff_value) = 'real' AND backoff_value >= 0),
-        timeout_ms       INTEGER NOT NULL CHECK (typeof(timeout_ms) = 'integer' AND timeout_ms > 0),
+        state            TEXT NOT NULL DEFAULT 'pending',
+        priority         INTEGER NOT NULL DEFAULT 0,
+        run_at           REAL NOT NULL,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        max_retries      INTEGER,
+        backoff          TEXT NOT NULL,
+        backoff_value    REAL NOT NULL,
+        timeout_ms       INTEGER NOT NULL,
         unique_key       TEXT,
         lease            INTEGER NOT NULL DEFAULT 0,
         deadline         REAL,
@@ -144,7 +158,8 @@ _DDL = [
         started_at       REAL,
         finished_at      REAL,
         last_error       TEXT,
-        result           TEXT
+        result           TEXT,
+        """ + ",\n        ".join(f"CHECK ({check})" for check, _ in _JOB_CHECKS.values()) + """
     )""",
     # The claim walks this index in exactly its ORDER BY (the rowid, which is
     # the id, is the index's hidden last column), so it never sorts or scans.
@@ -268,11 +283,16 @@ _SQL_COUNT_OUTCOME = """
     INSERT INTO litejobs_counts (queue, state, hour, n) VALUES (?, ?, ?, ?)
     ON CONFLICT (queue, state, hour) DO UPDATE SET n = n + excluded.n"""
 
+# Finished rows older than a cutoff.  The state test repeats the partial
+# index's own WHERE, or SQLite would not use the index and would scan.
+_SQL_OLD_FINISHED = """
+    SELECT id FROM litejobs_jobs
+     WHERE state IN ('done', 'dead', 'cancelled') AND state IN ({states}) AND finished_at <= ?"""
+
 # Deletes in batches, so that retention never holds the write lock for long.
-_SQL_PRUNE = """
+_SQL_PRUNE = f"""
     DELETE FROM litejobs_jobs WHERE id IN (
-        SELECT id FROM litejobs_jobs
-         WHERE state IN ('done', 'cancelled') AND finished_at <= ? LIMIT ?)"""
+        {_SQL_OLD_FINISHED.format(states="'done', 'cancelled'")} LIMIT ?)"""
 _PRUNE_BATCH = 1000
 
 _SQL_RECURRING_DUE = """
@@ -560,17 +580,13 @@ def _check_registrable(cls: Any) -> type[Job]:
 _PAYLOAD_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
-def _refuse_unencodable(value: Any) -> Any:
-    raise TypeError(f"{type(value).__name__} is not a JSON type and would not come back as itself")
-
-
 def _encode_payload(job: Job) -> str:
     """The job's payload as JSON text; SerializationError names the bad field."""
     payload = job.to_payload()
     if not isinstance(payload, dict):
         raise SerializationError(f"job {job.NAME!r}: to_payload() returned {type(payload).__name__}, not dict")
     try:
-        text = orjson.dumps(payload, default=_refuse_unencodable, option=_PAYLOAD_OPTIONS)
+        text = orjson.dumps(payload, option=_PAYLOAD_OPTIONS)
         # orjson writes NaN and infinities as null; refuse them rather than
         # hand the job a None it never had.  Only payloads with a null pay.
         if b"null" in text:
@@ -580,10 +596,12 @@ def _encode_payload(job: Job) -> str:
     except TypeError as exc:
         for field, value in payload.items():
             try:
-                orjson.dumps({field: value}, default=_refuse_unencodable, option=_PAYLOAD_OPTIONS)
+                orjson.dumps({field: value}, option=_PAYLOAD_OPTIONS)
                 _refuse_non_finite(value)
             except TypeError as field_exc:
-                raise SerializationError(f"job {job.NAME!r}, field {field!r}: {field_exc}") from None
+                raise SerializationError(
+                    f"job {job.NAME!r}, field {field!r}: {field_exc} (payloads hold JSON types only: "
+                    "str, int, float, bool, None, and lists and dicts with str keys of those)") from None
         raise SerializationError(f"job {job.NAME!r}: {exc}") from None
 
 
@@ -613,8 +631,16 @@ def _epoch(when: datetime, what: str) -> float:
     if not isinstance(when, datetime):
         raise ValueError(f"{what} must be a datetime, got {when!r}")
     if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError(f"{what} must be an aware datetime (with tzinfo), got naive {when!r}")
+        raise ValueError(f"{what} must be an aware datetime, like datetime(2030, 1, 1, tzinfo=timezone.utc); "
+                         f"got naive {when!r}")
     return when.timestamp()
+
+
+def _checked_at(at: Any) -> datetime:
+    if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError(f"schedule(at=...) needs an aware datetime, like datetime(2030, 1, 1, "
+                         f"tzinfo=timezone.utc); got {at!r}")
+    return at
 
 
 def _datetime(epoch: float | None) -> datetime | None:
@@ -829,15 +855,15 @@ def _create_private_file(path: str) -> None:
 
     SQLite gives the -wal and -shm files the same permissions as the database.
     """
-    if path == ":memory:" or path.startswith("file:") or os.path.exists(path):
+    if path == ":memory:" or path.startswith("file:"):
         return
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise StoreError(f"cannot create {path!r}: folder {folder!r} does not exist")
     try:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
         pass
+    except FileNotFoundError:
+        folder = os.path.dirname(os.path.abspath(path))
+        raise StoreError(f"cannot create {path!r}: folder {folder!r} does not exist") from None
     except OSError as exc:
         raise StoreError(f"cannot create {path!r}: {exc.strerror}") from None
 
@@ -852,9 +878,11 @@ def _open_error(path: str, exc: sqlite3.Error) -> StoreError:
     return StoreError(f"{path}: {text}")
 
 
-def _open_schema(conn: sqlite3.Connection, path: str, synchronous: str) -> None:
+def _open_schema(conn: sqlite3.Connection, path: str, synchronous: str, create: bool = True) -> None:
     """Check the file, switch to WAL and create the tables: reads first, so a
-    file that is not ours to change is refused before anything is written."""
+    file that is not ours to change is refused before anything is written.
+    With ``create`` false the file must already be a litejobs database, and
+    nothing is written: that is how the command line inspects."""
     conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
     try:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -872,6 +900,10 @@ def _open_schema(conn: sqlite3.Connection, path: str, synchronous: str) -> None:
                 f"{path} has litejobs schema version {version}, but this litejobs "
                 f"{__version__} knows only up to {_SCHEMA_VERSION}: upgrade litejobs"
             )
+    elif not create:
+        raise StoreError(f"{path}: not a litejobs database (it has no litejobs tables)")
+    if not create:
+        return
     try:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     except sqlite3.DatabaseError as exc:
@@ -925,11 +957,11 @@ def _get_job(conn: sqlite3.Connection, job_id: int) -> JobInfo | None:
 
 def _list_jobs(conn: sqlite3.Connection, state: str | None, queue: str | None, name: str | None,
                limit: int, offset: int) -> list[JobInfo]:
+    filters = {"state": state, "queue": queue, "name": name}
+    where = " AND ".join(f"{column} = ?" for column, value in filters.items() if value is not None) or "1"
     rows = conn.execute(
-        f"""SELECT {_JOB_COLUMNS} FROM litejobs_jobs
-             WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR queue = ?2) AND (?3 IS NULL OR name = ?3)
-             ORDER BY id DESC LIMIT ?4 OFFSET ?5""",
-        (state, queue, name, limit, offset),
+        f"SELECT {_JOB_COLUMNS} FROM litejobs_jobs WHERE {where} ORDER BY id DESC LIMIT ? OFFSET ?",
+        (*[value for value in filters.values() if value is not None], limit, offset),
     ).fetchall()
     return [JobInfo._from_row(row) for row in rows]
 
@@ -960,25 +992,27 @@ def _retry_jobs(conn: sqlite3.Connection, job_id: int | None, queue: str | None,
     return cursor.rowcount
 
 
-def _cancel_job(conn: sqlite3.Connection, job_id: int, clock: Callable[[], float]) -> JobState:
-    """Pending: cancelled at once.  Running: flagged for its worker to stop."""
+def _cancel_job(conn: sqlite3.Connection, job_id: int, clock: Callable[[], float]) -> tuple[JobState, Event | None]:
+    """Pending: cancelled at once (with its event).  Running: flagged for its
+    worker to stop, which then records the cancellation."""
     row = conn.execute(
-        "UPDATE litejobs_jobs SET state = 'cancelled', finished_at = ? WHERE id = ? AND state = 'pending' RETURNING state",
+        """UPDATE litejobs_jobs SET state = 'cancelled', finished_at = ?
+            WHERE id = ? AND state = 'pending' RETURNING name, queue, attempts""",
         (clock(), job_id),
     ).fetchone()
+    if row is not None:
+        return JobState.CANCELLED, Event("cancellation", job_id, *row)
+    conn.execute("UPDATE litejobs_jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'", (job_id,))
+    row = conn.execute("SELECT state FROM litejobs_jobs WHERE id = ?", (job_id,)).fetchone()
     if row is None:
-        conn.execute("UPDATE litejobs_jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'", (job_id,))
-        row = conn.execute("SELECT state FROM litejobs_jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise LookupError(f"no job with id {job_id}")
-    return JobState(row[0])
+        raise LookupError(f"no job with id {job_id}")
+    return JobState(row[0]), None
 
 
 def _purge_jobs(conn: sqlite3.Connection, state: str, before: float) -> int:
     """Delete one batch of finished jobs of ``state`` that finished before ``before``."""
     return conn.execute(
-        """DELETE FROM litejobs_jobs WHERE id IN (
-               SELECT id FROM litejobs_jobs WHERE state = ? AND finished_at <= ? LIMIT ?)""",
+        f"DELETE FROM litejobs_jobs WHERE id IN ({_SQL_OLD_FINISHED.format(states='?')} LIMIT ?)",
         (state, before, _PRUNE_BATCH),
     ).rowcount
 
@@ -1025,8 +1059,10 @@ def _stats(conn: sqlite3.Connection, clock: Callable[[], float]) -> dict[str, Qu
         per_queue = counts.setdefault(queue, {})
         per_queue[key] = per_queue.get(key, 0) + n
     known: set[str] = set()
-    workers = conn.execute("SELECT names FROM litejobs_workers").fetchall()
-    for (names,) in workers:
+    host = socket.gethostname()
+    workers = [names for names, worker_host, pid in conn.execute("SELECT names, host, pid FROM litejobs_workers")
+               if worker_host != host or _process_alive(pid)]  # a killed worker of this host knows nothing
+    for names in workers:
         known.update(_loads_or_raw(names))
     if workers:
         for queue, name, n in conn.execute(
@@ -1226,11 +1262,14 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
     answer = _Exchange(clock(), conn.execute("PRAGMA data_version").fetchone()[0])
     if request.look_for_cancels:
         answer.cancels = conn.execute(_SQL_CANCEL_REQUESTED).fetchall()
-    expired = recurring = False
+    expired = recurring = prune = False
     if request.housekeeping:
         expired = conn.execute(_SQL_EXPIRED + " LIMIT 1", (answer.now,)).fetchone() is not None
         recurring = conn.execute(_SQL_RECURRING_DUE + " LIMIT 1", (answer.now,)).fetchone() is not None
-    if not (request.outcomes or request.wants or expired or recurring or request.prune_before or request.compact):
+    if request.prune_before is not None:
+        prune = conn.execute(_SQL_OLD_FINISHED.format(states="'done', 'cancelled'") + " LIMIT 1",
+                             (request.prune_before,)).fetchone() is not None
+    if not (request.outcomes or request.wants or expired or recurring or prune or request.compact):
         answer.next_due = conn.execute(_SQL_NEXT_DUE, (answer.now,)).fetchone()[0]
         return answer
 
@@ -1258,7 +1297,7 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
         conn.executemany(_SQL_COUNT_OUTCOME, [(q, s, hour, n) for (q, s), n in finished.items()])
         if recurring:
             answer.enqueued = _enqueue_recurring(conn, now)
-        if request.prune_before is not None:
+        if prune:
             pruned = conn.execute(_SQL_PRUNE, (request.prune_before, _PRUNE_BATCH)).rowcount
             answer.more_to_prune = pruned == _PRUNE_BATCH
         if request.compact:
@@ -1270,8 +1309,38 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
             answer.claimed[queue] = rows
         answer.next_due = conn.execute(_SQL_NEXT_DUE, (now,)).fetchone()[0]
 
-    _with_retries(conn, write, write=True)
+    try:
+        _with_retries(conn, write, write=True)
+    except sqlite3.IntegrityError:
+        if not _with_retries(conn, _quarantine_broken_rows, clock, write=True):
+            raise
+        _with_retries(conn, write, write=True)
     return answer
+
+
+def _quarantine_broken_rows(conn: sqlite3.Connection, clock: Callable[[], float]) -> list[int]:
+    """Make dead every row that breaks the table's CHECKs, mending the broken
+    values so that the row can be written at all.
+
+    Such a row was edited with the checks switched off; any UPDATE of it
+    fails, so without this one row would stall every claim of its queue.
+    """
+    broken = " OR ".join(f"NOT ({check})" for check, _ in _JOB_CHECKS.values())
+    repairs = ", ".join(f"{column} = CASE WHEN {check} THEN {column} ELSE {fix} END"
+                        for column, (check, fix) in _JOB_CHECKS.items() if column != "state")
+    reasons = " || ".join(f"CASE WHEN {check} THEN '' ELSE ' {column}=' || quote({column}) END"
+                          for column, (check, _) in _JOB_CHECKS.items())
+    rows = conn.execute(
+        f"""UPDATE litejobs_jobs
+               SET {repairs}, state = 'dead', finished_at = ?1, deadline = NULL,
+                   last_error = 'quarantined: the row was edited by hand and broke its checks:' || {reasons}
+             WHERE {broken}
+         RETURNING id, last_error""",
+        (clock(),),
+    ).fetchall()
+    for job_id, error in rows:
+        logger.error("job %s %s", job_id, error)
+    return [job_id for job_id, _ in rows]
 
 
 def _data_version(conn: sqlite3.Connection) -> int:
@@ -1393,7 +1462,7 @@ class Store(_StoreCalls):
 
     async def schedule(self, job: Job | NewJob, *, at: datetime, **options: Any) -> int:
         """Store a job due at the aware datetime ``at``."""
-        return await self.enqueue(job, run_at=at, **options)
+        return await self.enqueue(job, run_at=_checked_at(at), **options)
 
     async def enqueue_many(self, jobs: Iterable[Job | NewJob], **options: Any) -> list[int]:
         """Store many jobs in one transaction: all of them or none."""
@@ -1412,7 +1481,9 @@ class Store(_StoreCalls):
     async def cancel(self, job_id: int) -> JobState:
         """Cancel a job: a pending one at once; a running one is asked to stop,
         and its worker cancels it within its poll interval.  Returns the state now."""
-        state = await self._run(_cancel_job, job_id, self.clock, write=True)
+        state, event = await self._run(_cancel_job, job_id, self.clock, write=True)
+        if event is not None:
+            self._emit(event)
         self._wake_workers()
         return state
 
@@ -1558,22 +1629,46 @@ class SyncStore(_StoreCalls):
     jobs within their poll interval.
     """
 
-    def __init__(self, path: str | os.PathLike, *, create: bool = True, **options: Any) -> None:
+    def __init__(self, path: str | os.PathLike, *, create: bool = True, read_only: bool = False,
+                 **options: Any) -> None:
+        """``create=False``: the file must already be a litejobs database, and
+        opening it changes nothing.  ``read_only=True``: open it read-only too."""
         synchronous, self.clock, self.keep_done = _parse_options(options)
         self.path = os.fspath(path)
         if not create and not os.path.exists(self.path):
             raise StoreError(f"{self.path}: no such file")
-        _create_private_file(self.path)
-        try:
-            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open {self.path!r}: {exc}") from None
+        if create:
+            _create_private_file(self.path)
         self._lock = threading.Lock()
+        self._conn = self._connect(read_only)
         try:
-            self._run(_open_schema, self.path, synchronous)
+            self._run(_open_schema, self.path, synchronous, create)
+        except StoreError:
+            self._conn.close()
+            if not read_only or os.path.exists(self.path + "-wal"):
+                raise
+            # A read-only folder, where SQLite cannot make the -shm file it
+            # reads WAL files with; with no -wal file, the database file
+            # alone is the whole truth and may be read as immutable.
+            self._conn = self._connect(read_only, immutable=True)
+            try:
+                self._run(_open_schema, self.path, synchronous, create)
+            except BaseException:
+                self._conn.close()
+                raise
         except BaseException:
             self._conn.close()
             raise
+
+    def _connect(self, read_only: bool, immutable: bool = False) -> sqlite3.Connection:
+        try:
+            if not read_only:
+                return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+            uri += "&immutable=1" if immutable else ""
+            return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.path!r}: {exc}") from None
 
     def _run(self, fn: Callable, *args: Any, write: bool = False) -> Any:
         with self._lock:
@@ -1599,7 +1694,7 @@ class SyncStore(_StoreCalls):
 
     def schedule(self, job: Job | NewJob, *, at: datetime, **options: Any) -> int:
         """Store a job due at the aware datetime ``at``."""
-        return self.enqueue(job, run_at=at, **options)
+        return self.enqueue(job, run_at=_checked_at(at), **options)
 
     def enqueue_many(self, jobs: Iterable[Job | NewJob], **options: Any) -> list[int]:
         """Store many jobs in one transaction: all of them or none."""
@@ -1610,7 +1705,7 @@ class SyncStore(_StoreCalls):
 
     def cancel(self, job_id: int) -> JobState:
         """Cancel a pending job, or ask the worker running it to stop."""
-        return self._run(_cancel_job, job_id, self.clock, write=True)
+        return self._run(_cancel_job, job_id, self.clock, write=True)[0]
 
     def purge(self, *, state: str | JobState, older_than: float | timedelta = 0) -> int:
         """Delete done, dead or cancelled jobs that finished over ``older_than`` ago."""
@@ -1767,7 +1862,7 @@ class Worker:
         signals = self._install_signal_handlers(loop) if handle_signals else []
         self.store._wakers.add(self._notify)
         await self.store.register_worker(self._id, self._names)
-        logger.info("worker started: queues %s, jobs %s", self._capacity, self._names)
+        logger.info("worker started on %s: queues %s, jobs %s", self.store.path, self._capacity, self._names)
         try:
             await self._serve()
         except asyncio.CancelledError:
@@ -1893,7 +1988,7 @@ class Worker:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except asyncio.TimeoutError:
-                if not self._stopping:
+                if not self._stopping or self._attempts:
                     try:
                         version = await store.data_version()
                     except StoreError as exc:
@@ -2100,6 +2195,14 @@ class Worker:
     def _emit_outcome(self, outcome: _Outcome) -> None:
         if outcome.event == "requeue":
             return
+        if outcome.event in ("failure", "timeout"):
+            summary = (outcome.error or "").splitlines()[-1:] or [""]
+            if outcome.state == "pending":
+                logger.warning("job %s (%s) attempt %s failed, retrying in %.3gs: %s", outcome.job_id,
+                               outcome.name, outcome.attempt, outcome.delay or 0, summary[0])
+            else:
+                logger.error("job %s (%s) is dead after %s attempt(s): %s", outcome.job_id, outcome.name,
+                             outcome.attempt, summary[0])
         emit = self.store._emit
         base = (outcome.job_id, outcome.name, outcome.queue, outcome.attempt, outcome.duration)
         emit(Event(outcome.event, *base, error=None if outcome.event == "success" else outcome.error))
@@ -2349,12 +2452,17 @@ async def _command_worker(args: Any) -> int:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:  # a missing module or one that fails while importing
+        raise ValueError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
     try:
         target = getattr(module, attr)
     except AttributeError:
         raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if isinstance(target, type) and issubclass(target, Job):
+        raise ValueError(f"{args.target} is a Job class; give a list of Job classes (like JOBS = "
+                         f"[{target.__name__}]) or a function that takes the store and returns a Worker")
+    if not os.path.exists(args.db):
+        logger.warning("%s does not exist yet: creating an empty job database", args.db)
     async with connect(args.db) as store:
         if isinstance(target, (list, tuple)):
             options = {} if args.concurrency is None else {"concurrency": args.concurrency}
@@ -2435,17 +2543,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
-            for suffix in ("", "-wal", "-shm"):  # a fresh start, every time
-                if os.path.exists(args.demo_db + suffix):
-                    os.remove(args.demo_db + suffix)
+            if os.path.exists(args.demo_db):
+                with SyncStore(args.demo_db, create=False, read_only=True) as old:
+                    if any(not job.name.startswith("demo.") for job in old.jobs(limit=1_000_000)):
+                        raise StoreError(f"{args.demo_db} holds jobs that are not the demo's; "
+                                         "give the demo a new file with --db")
+                for suffix in ("", "-wal", "-shm"):  # a fresh start, every time
+                    if os.path.exists(args.demo_db + suffix):
+                        os.remove(args.demo_db + suffix)
             return asyncio.run(_demo(args.demo_db))
         if args.command == "worker":
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             return asyncio.run(_command_worker(args))
-        with SyncStore(args.db, create=False) as store:  # inspecting never creates a file
+        if not os.path.exists(args.db):  # inspecting never creates a file
+            raise StoreError(f"{args.db}: no such file (use --db PATH or set LITEJOBS_DB)")
+        read_only = args.command in ("stats", "jobs", "show")
+        with SyncStore(args.db, create=False, read_only=read_only) as store:
             command = globals()[f"_command_{args.command}"]
             return command(store, args)
     except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:  # `litejobs jobs | head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (LiteJobsError, LookupError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, LookupError) and exc.args else exc

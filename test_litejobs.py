@@ -1750,11 +1750,13 @@ def test_cli_show_retry_cancel_purge(capsys, demo_db):
     assert out.strip() == "0 cancelled job(s) deleted"
 
 
-def test_cli_user_mistakes_are_one_line_errors(capsys, tmp_path, demo_db):
+def test_cli_user_mistakes_are_one_line_errors(capsys, tmp_path, demo_db, monkeypatch):
     path, ok, bad = demo_db
+    (tmp_path / "broken_module.py").write_text("JOBS = [\n")
+    monkeypatch.chdir(tmp_path)
     missing = str(tmp_path / "nothing-here.db")
     for argv, expected in [
-        (["--db", missing, "stats"], "no such file"),
+        (["--db", missing, "stats"], "no such file (use --db PATH or set LITEJOBS_DB)"),
         (["--db", path, "show", "999"], "no job with id 999"),
         (["--db", path, "cancel", "999"], "no job with id 999"),
         (["--db", path, "retry"], "give one or more job ids"),
@@ -1762,6 +1764,8 @@ def test_cli_user_mistakes_are_one_line_errors(capsys, tmp_path, demo_db):
         (["--db", path, "worker", "no_such_module_xyz:jobs"], "cannot import 'no_such_module_xyz'"),
         (["--db", path, "worker", "litejobs:no_such_attr"], "has no attribute 'no_such_attr'"),
         (["--db", path, "worker", "litejobs:__version__"], "give a list of Job classes"),
+        (["--db", path, "worker", "test_litejobs:Noop"], "is a Job class; give a list of Job classes"),
+        (["--db", path, "worker", "broken_module:JOBS"], "cannot import 'broken_module': SyntaxError"),
     ]:
         code, out, err = _cli(capsys, *argv)
         assert code == 1 and out == "", argv
@@ -1843,6 +1847,9 @@ def test_cli_through_a_real_process_and_stats_watch(demo_db):
     result = subprocess.run([sys.executable, "-m", "litejobs", "--db", path, "show", "777"],
                             capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=HERE), timeout=60)
     assert (result.returncode, result.stdout, result.stderr) == (1, "", "litejobs: error: no job with id 777\n")
+    piped = subprocess.run(f"{sys.executable} -m litejobs --db {path} jobs --limit 100 | head -n 1", shell=True,
+                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=HERE), timeout=60)
+    assert piped.stdout.startswith("ID") and "Traceback" not in piped.stderr
     watch = subprocess.Popen([sys.executable, "-m", "litejobs", "--db", path, "stats", "--watch"],
                              stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=HERE))
     first_screen = ""
@@ -1851,3 +1858,587 @@ def test_cli_through_a_real_process_and_stats_watch(demo_db):
     watch.send_signal(signal.SIGINT)
     assert watch.wait(timeout=30) == 0
     assert "QUEUE" in first_screen and "Ctrl-C" in first_screen
+
+
+# -- reliability: crashes, contention, full disks, hostile input ------------------
+
+CRASH_WORKER = """
+import asyncio, os, sys
+sys.path.insert(0, {here!r})
+sys.path.insert(0, {folder!r})
+import litejobs
+from crash_jobs import Step
+
+async def main():
+    async with litejobs.connect({db!r}) as store:
+        await litejobs.Worker(store, [Step], concurrency=8, poll_interval=0.01).run()
+
+asyncio.run(main())
+"""
+
+CRASH_JOBS = """
+import asyncio, os
+from dataclasses import dataclass
+import litejobs
+
+@dataclass
+class Step(litejobs.Job):
+    NAME = "step"
+    TIMEOUT = 300
+    MAX_RETRIES = litejobs.Count(8)
+    BACKOFF = litejobs.Linear(0)
+    n: int
+
+    async def run(self, state):
+        # Recorded outside the engine: one atomic O_APPEND line per execution.
+        fd = os.open({log!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, f"{{self.n}}\\n".encode())
+        os.close(fd)
+        await asyncio.sleep(0.002 * (self.n % 5))
+        return self.n
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_loses_nothing(tmp_path, db):
+    import random
+
+    log = tmp_path / "executions.log"
+    (tmp_path / "crash_jobs.py").write_text(CRASH_JOBS.format(log=str(log)))
+    script = tmp_path / "crash_worker.py"
+    script.write_text(CRASH_WORKER.format(here=HERE, folder=str(tmp_path), db=db))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import crash_jobs
+    finally:
+        sys.path.remove(str(tmp_path))
+    with litejobs.connect_sync(db) as store:
+        ids = store.enqueue_many([crash_jobs.Step(n) for n in range(400)])
+
+    rng = random.Random(20261129)
+    for _ in range(24):  # kill points spread over start-up, claiming, running and committing
+        process = subprocess.Popen([sys.executable, str(script)])
+        time.sleep(rng.uniform(0.05, 0.6))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    process = subprocess.Popen([sys.executable, str(script)])  # a last worker finishes the rest
+    try:
+        deadline = time.monotonic() + 60
+        with litejobs.connect_sync(db) as store:
+            while True:
+                stats = store.stats()["default"]
+                if stats.pending + stats.scheduled + stats.running == 0:
+                    break
+                assert time.monotonic() < deadline, stats
+                time.sleep(0.1)
+            infos = [store.get(job_id) for job_id in ids]
+    finally:
+        process.kill()  # it may still be starting up; its clean stop is tested elsewhere
+        process.wait()
+
+    executions = [int(line) for line in log.read_text().split()]
+    assert set(executions) == set(range(400))  # every job ran at least once
+    for info in infos:  # none lost, none stuck
+        assert info.state in ("done", "dead"), info
+        if info.state == "done":
+            assert info.result == info.payload["n"]
+        else:
+            assert info.last_error and info.attempts == 9
+    assert sum(info.state == "done" for info in infos) >= 390
+    assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+CONTENTION_ENQUEUER = """
+import sys, time
+sys.path.insert(0, {here!r})
+sys.path.insert(0, {folder!r})
+import litejobs
+from contention_jobs import Quick, Sleepy
+
+with litejobs.connect_sync({db!r}) as store:
+    end = time.monotonic() + {seconds}
+    i = 0
+    while time.monotonic() < end:
+        i += 1
+        if i % 5 == 0:
+            store.enqueue_many([Quick() for _ in range(20)])
+        else:
+            store.enqueue(Sleepy() if i % 2 else Quick())
+"""
+
+CONTENTION_JOBS = """
+import asyncio, os
+from dataclasses import dataclass
+import litejobs
+
+def record():
+    fd = os.open({log!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, f"{{litejobs.current().id}}\\n".encode())
+    os.close(fd)
+
+@dataclass
+class Quick(litejobs.Job):
+    NAME = "quick"
+    async def run(self, state):
+        record()
+
+@dataclass
+class Sleepy(litejobs.Job):
+    NAME = "sleepy"
+    async def run(self, state):
+        record()
+        await asyncio.sleep(0.005)
+"""
+
+CONTENTION_WORKER = """
+import asyncio, sys
+sys.path.insert(0, {here!r})
+sys.path.insert(0, {folder!r})
+import litejobs
+from contention_jobs import Quick, Sleepy
+
+async def main():
+    async with litejobs.connect({db!r}) as store:
+        await litejobs.Worker(store, [Quick, Sleepy], concurrency=16, poll_interval=0.01).run()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+def test_four_workers_two_enqueuers_no_lock_errors_every_job_once(tmp_path, db):
+    log = tmp_path / "runs.log"
+    (tmp_path / "contention_jobs.py").write_text(CONTENTION_JOBS.format(log=str(log)))
+    for name, text in [("enqueuer.py", CONTENTION_ENQUEUER), ("worker.py", CONTENTION_WORKER)]:
+        (tmp_path / name).write_text(text.format(here=HERE, folder=str(tmp_path), db=db, seconds=10))
+    run(_open_and_close(db))
+
+    def start(name):
+        return subprocess.Popen([sys.executable, str(tmp_path / name)], stderr=subprocess.PIPE, text=True)
+
+    workers = [start("worker.py") for _ in range(4)]
+    enqueuers = [start("enqueuer.py") for _ in range(2)]
+    try:
+        for process in enqueuers:
+            assert process.wait(timeout=120) == 0, process.stderr.read()
+        deadline = time.monotonic() + 60
+        with litejobs.connect_sync(db) as store:
+            while True:
+                s = store.stats()["default"]
+                if s.pending + s.running == 0:
+                    break
+                assert time.monotonic() < deadline, s
+                time.sleep(0.1)
+    finally:
+        for process in workers:
+            process.send_signal(signal.SIGTERM)
+    errors = []
+    for process in workers:
+        assert process.wait(timeout=30) == 0
+        errors.append(process.stderr.read())
+    errors += [process.stderr.read() for process in enqueuers]
+    assert not any(("locked" in text or "Traceback" in text or "WARNING" in text or "ERROR" in text)
+                   for text in errors), errors
+    conn = sqlite3.connect(db)
+    total = conn.execute("SELECT count(*) FROM litejobs_jobs").fetchone()[0]
+    ran = [int(line) for line in log.read_text().split()]
+    assert total > 1000
+    assert len(ran) == len(set(ran)) == total  # every job exactly once
+    assert conn.execute("SELECT count(*) FROM litejobs_jobs WHERE state != 'done'").fetchone()[0] == 0
+    with litejobs.connect_sync(db) as store:
+        s = store.stats()["default"]
+    assert s.done == total == s.done_counts.all_time
+
+
+def _page_count(db):
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("PRAGMA page_count").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_full_disk_enqueue_fails_cleanly_and_stores_nothing(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            kept = await store.enqueue(Echo("kept"))
+            pages = (await store._db.execute_fetchall("PRAGMA page_count"))[0][0]
+            await store._db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is now full
+            with pytest.raises(litejobs.StoreError, match="database or disk is full"):
+                await store.enqueue_many([Echo("x" * 5000) for _ in range(50)])
+            await store._db.execute("PRAGMA max_page_count = 1073741823")
+            assert [j.id for j in await store.jobs()] == [kept]  # nothing partial
+            assert (await store.get(kept)).payload == {"value": "kept"}
+
+    run(main())
+
+
+def test_worker_keeps_retrying_an_outcome_write_until_the_disk_has_room(db, caplog):
+    @dataclass
+    class BigResult(litejobs.Job):
+        NAME = "big_result"
+
+        async def run(self, state):
+            return "r" * 200_000  # the outcome write needs new pages
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(BigResult())
+            pages = (await store._db.execute_fetchall("PRAGMA page_count"))[0][0]
+            await store._db.execute(f"PRAGMA max_page_count = {pages + 2}")
+            async with litejobs.Worker(store, [BigResult]):
+                await wait_until(lambda: _true_when("database or disk is full" in caplog.text),
+                                 "a failed outcome write")
+                assert (await store.get(job_id)).state == "running"
+                await store._db.execute("PRAGMA max_page_count = 1073741823")  # room again
+                info = await wait_state(store, job_id, "done")
+            assert len(info.result) == 200_000 and info.attempts == 1
+
+    caplog.set_level("WARNING", logger="litejobs")
+    run(main())
+
+
+def _as_nobody(fn, *args):
+    """Run fn(*args) in a forked child without root's power to ignore file modes."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            os.close(read)
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            os.write(write, str(fn(*args)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        result = pipe.read()
+    os.waitpid(pid, 0)
+    return result
+
+
+def _connect_error(path):
+    async def attempt():
+        try:
+            async with litejobs.connect(path):
+                return "opened"
+        except litejobs.StoreError as exc:
+            return f"StoreError: {exc}"
+
+    return asyncio.run(attempt())
+
+
+@pytest.fixture
+def open_folder():
+    """A folder any user may enter (pytest's own tmp folders are private to root)."""
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="litejobs-test-")
+    os.chmod(folder, 0o755)
+    yield folder
+    os.chmod(folder, 0o755)
+    shutil.rmtree(folder)
+
+
+def test_read_only_file_or_folder_gives_a_clear_error(open_folder):
+    folder = os.path.join(open_folder, "data")
+    os.mkdir(folder)
+    db = os.path.join(folder, "jobs.db")
+    run(_open_and_close(db))
+    os.chmod(db, 0o444)
+    message = _as_nobody(_connect_error, db)
+    assert message.startswith(f"StoreError: {db}: cannot write to the database: the file or its folder is read-only")
+    os.chmod(db, 0o666)
+    os.chmod(folder, 0o555)
+    try:
+        assert "read-only" in _as_nobody(_connect_error, db)
+        assert "Permission denied" in _as_nobody(_connect_error, os.path.join(folder, "new.db"))
+    finally:
+        os.chmod(folder, 0o755)
+
+
+def test_hand_edits_that_would_break_a_job_are_refused_by_the_schema(db):
+    run(_open_and_close(db))
+    with litejobs.connect_sync(db) as store:
+        job_id = store.enqueue(Noop())
+    conn = sqlite3.connect(db)
+    for edit in ["state = 'zombie'", "attempts = -3", "run_at = NULL", "run_at = 'tomorrow'",
+                 "backoff = 'random'", "timeout_ms = 0", "max_retries = -1", "priority = 'high'"]:
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute(f"UPDATE litejobs_jobs SET {edit} WHERE id = ?", (job_id,))
+    conn.close()
+
+
+def test_hostile_rows_fail_their_job_and_others_keep_flowing(db):
+    @dataclass
+    class Other(litejobs.Job):
+        NAME = "other"
+        different: int
+
+        async def run(self, state):
+            pass
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            wrong_shape = await store.enqueue(Echo(1))
+            renamed = await store.enqueue(Echo(2))
+            negative = await store.enqueue(Echo(3))
+            weird_backoff = await store.enqueue(Echo(4))
+            zombie = await store.enqueue(Echo(5))
+            fine = await store.enqueue_many([Echo(i) for i in range(20)])
+            edits = [("payload = '[1, 2, 3]'", wrong_shape), ("name = 'other'", renamed),
+                     ("attempts = -7", negative), ("backoff = 'random'", weird_backoff), ("state = 'zombie'", zombie)]
+            await store._db.execute("PRAGMA ignore_check_constraints = ON")  # a determined hand editor
+            for edit, job_id in edits:
+                await store._db.execute(f"UPDATE litejobs_jobs SET {edit} WHERE id = ?", (job_id,))
+            await store._db.execute("PRAGMA ignore_check_constraints = OFF")
+            async with litejobs.Worker(store, [Echo, Other], poll_interval=0.01) as worker:
+                for job_id in fine:
+                    await wait_state(store, job_id, "done")
+                errors = {job_id: (await wait_state(store, job_id, "dead")).last_error
+                          for job_id in (wrong_shape, renamed, negative, weird_backoff)}
+                claims = worker.claims
+                await asyncio.sleep(0.3)
+                assert worker.claims - claims <= 2  # no spinning on the rows it cannot run
+            assert "payload is a list, not an object" in errors[wrong_shape]
+            assert "job 'other'" in errors[renamed] and "unexpected keyword argument 'value'" in errors[renamed]
+            assert "quarantined: the row was edited by hand and broke its checks: attempts=-7" in errors[negative]
+            assert "backoff='random'" in errors[weird_backoff]
+            # Quarantined with the others once a write tripped over a broken row.
+            assert "state='zombie'" in (await store.get(zombie)).last_error
+
+    run(main())
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({1: "a"}, "str"),
+    (2**64, "Integer exceeds 64-bit range"),
+    (float("nan"), "not a JSON number"),
+    (object(), "not JSON serializable: object"),
+    (b"bytes", "not JSON serializable: bytes"),
+])
+def test_payloads_json_cannot_carry_are_refused(db, bad, message):
+    async def main():
+        async with litejobs.connect(db) as store:
+            with pytest.raises(litejobs.SerializationError, match=message):
+                await store.enqueue(Echo(bad))
+            assert await store.jobs() == []
+
+    run(main())
+
+
+def test_deep_nesting_is_refused():
+    deep = []
+    for _ in range(300):
+        deep = [deep]
+    with pytest.raises(litejobs.SerializationError, match="job 'echo', field 'value': Recursion limit"):
+        litejobs.new_job(Echo(deep))
+
+
+def test_odd_names_keys_and_queues_are_stored_and_matched_literally(db):
+    odd = ["it's", 'say "hi"', "100%", "a_b", "%", "_", "nul\x00byte", "x" * 10_000, "'; DROP TABLE litejobs_jobs; --"]
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            ids = {}
+            for text in odd:
+                job_class = type("Odd", (Echo,), {"NAME": text})
+                job_class = dataclass(job_class)
+                ids[text] = (await store.enqueue(job_class(text), queue=text, unique_key=text), job_class)
+            for text, (job_id, job_class) in ids.items():
+                assert await store.enqueue(job_class("again"), queue=text, unique_key=text) == job_id
+                info = await store.get(job_id)
+                assert (info.name, info.queue, info.unique_key, info.payload["value"]) == (text, text, text, text)
+                assert [j.id for j in await store.jobs(name=text, queue=text)] == [job_id]
+            classes = [cls for _, cls in ids.values()]
+            async with litejobs.Worker(store, classes, queues=odd, poll_interval=0.01):
+                for job_id, _ in ids.values():
+                    await wait_state(store, job_id, "done")
+            assert set(await store.stats()) == set(odd)
+
+    run(main())
+
+
+def test_database_of_another_program_is_refused_and_untouched(db):
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE litejobs_jobs (id INTEGER PRIMARY KEY, whatever TEXT)")  # not ours
+    conn.commit()
+    conn.close()
+    before = open(db, "rb").read()
+
+    async def main():
+        with pytest.raises(litejobs.StoreError, match="litejobs_ tables that litejobs did not create"):
+            await litejobs.connect(db)
+
+    run(main())
+    assert open(db, "rb").read() == before
+
+
+def test_job_ignoring_cancellation_still_times_out_and_frees_its_slot(db):
+    kept_going = []
+
+    @dataclass
+    class Stubborn(litejobs.Job):
+        NAME = "stubborn"
+        TIMEOUT = 50
+        MAX_RETRIES = litejobs.Count(0)
+
+        async def run(self, state):
+            try:
+                await asyncio.sleep(1)
+            except asyncio.CancelledError:
+                await asyncio.sleep(1)  # swallows the cancellation and carries on
+                kept_going.append(True)
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            stubborn = await store.enqueue(Stubborn())
+            after = await store.enqueue(Noop())
+            async with litejobs.Worker(store, [Stubborn, Noop], concurrency=1, shutdown_timeout=0):
+                info = await wait_state(store, stubborn, "dead")
+                await wait_state(store, after, "done")  # the one slot was handed on
+                assert not kept_going  # the job is still going, yet its failure is recorded
+            assert "exceeded its timeout of 50 ms" in info.last_error
+
+    run(main())
+
+
+def test_job_blocking_the_event_loop_past_its_timeout_fails(db):
+    @dataclass
+    class Blocker(litejobs.Job):
+        NAME = "blocker"
+        TIMEOUT = 50
+        MAX_RETRIES = litejobs.Count(0)
+
+        async def run(self, state):
+            time.sleep(0.2)  # a sync call inside async def: the loop is blocked
+            return "too late"
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Blocker())
+            async with litejobs.Worker(store, [Blocker]):
+                info = await wait_state(store, job_id, "dead")
+            assert "exceeded its timeout of 50 ms" in info.last_error and "blocking the event loop" in info.last_error
+            assert info.result is None
+
+    run(main())
+
+
+def test_new_database_files_are_private_to_their_owner(tmp_path):
+    db = str(tmp_path / "secret.db")
+    old_umask = os.umask(0o022)
+    try:
+        async def main():
+            async with litejobs.connect(db) as store:
+                await store.enqueue(Echo("api-key-123"))
+                modes = {suffix: os.stat(db + suffix).st_mode & 0o777 for suffix in ("", "-wal", "-shm")}
+            return modes
+
+        assert run(main()) == {"": 0o600, "-wal": 0o600, "-shm": 0o600}
+    finally:
+        os.umask(old_umask)
+
+
+def test_a_row_can_only_name_a_registered_class(db):
+    ran = []
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Noop())
+            # Someone with write access to the file names a dangerous callable.
+            await store._db.execute(
+                "UPDATE litejobs_jobs SET name = 'os.system', payload = '{\"command\": \"touch pwned\"}' WHERE id = ?",
+                (job_id,))
+            async with litejobs.Worker(store, [Noop], poll_interval=0.01) as worker:
+                await asyncio.sleep(0.2)
+                ran.append(worker.claims)
+            assert (await store.get(job_id)).state == "pending"  # never claimed, never imported
+            assert not os.path.exists("pwned")
+
+    run(main())
+
+
+def test_retention_and_purge_use_the_finished_index_not_a_scan(db):
+    run(_open_and_close(db))
+    conn = sqlite3.connect(db)
+    for sql, params in [(litejobs._SQL_PRUNE, (T0, 1000)),
+                        (f"DELETE FROM litejobs_jobs WHERE id IN ({litejobs._SQL_OLD_FINISHED.format(states='?')} LIMIT ?)",
+                         ("dead", T0, 1000))]:
+        plan = " | ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+        assert "USING INDEX litejobs_jobs_finished" in plan and "SCAN litejobs_jobs" not in plan, plan
+
+
+def test_cancelling_a_pending_job_is_an_event(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            events = []
+            store.on_event(lambda e: events.append((e.kind, e.job_id, e.name)))
+            job_id = await store.enqueue(Noop())
+            await store.cancel(job_id)
+            await store.cancel(job_id)  # already cancelled: nothing new happens
+            assert events == [("enqueue", job_id, "noop"), ("cancellation", job_id, "noop")]
+
+    run(main())
+
+
+def test_a_killed_worker_of_this_host_knows_no_names(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            await store.enqueue(Echo(1))
+            dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                                      capture_output=True, text=True).stdout.strip()
+            await store._db.execute(
+                "INSERT INTO litejobs_workers VALUES ('ghost', ?, ?, '[\"echo\"]', 0)",
+                (__import__("socket").gethostname(), int(dead_pid)))
+            assert (await store.stats())["default"].unregistered is None
+
+    run(main())
+
+
+def test_cli_inspection_changes_nothing_and_reads_read_only_files(capsys, tmp_path, open_folder):
+    app_db = str(tmp_path / "app.db")
+    conn = sqlite3.connect(app_db)
+    conn.execute("CREATE TABLE users (name TEXT)")
+    conn.commit()
+    conn.close()
+    before = open(app_db, "rb").read()
+    code, out, err = _cli(capsys, "--db", app_db, "stats")
+    assert code == 1 and "not a litejobs database" in err
+    assert open(app_db, "rb").read() == before
+
+    db = os.path.join(open_folder, "jobs.db")
+    with litejobs.connect_sync(db) as store:
+        store.enqueue(Noop())
+    os.chmod(db, 0o444)
+    os.chmod(open_folder, 0o555)
+    try:
+        def stats_line(path):
+            return subprocess_free_main(["--db", path, "jobs"])
+
+        assert "noop" in _as_nobody(stats_line, db)
+    finally:
+        os.chmod(open_folder, 0o755)
+
+
+def subprocess_free_main(argv):
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        litejobs.main(argv)
+    return out.getvalue()
+
+
+def test_demo_never_deletes_a_file_it_did_not_make(capsys, tmp_path):
+    app_db = str(tmp_path / "app.db")
+    with litejobs.connect_sync(app_db) as store:
+        job_id = store.enqueue(Noop())
+    code, out, err = _cli(capsys, "demo", "--db", app_db)
+    assert code == 1 and "not the demo's" in err
+    with litejobs.connect_sync(app_db) as store:
+        assert store.get(job_id).name == "noop"
