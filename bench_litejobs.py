@@ -308,7 +308,10 @@ async def lj_fill(path: str, n: int) -> None:
 # Child processes, files, statistics, printing
 # --------------------------------------------------------------------------
 
-SPAWN = multiprocessing.get_context("spawn")  # a fresh interpreter: no threads or loops inherited
+# Children fork from a small, single-threaded server process, so they inherit
+# no threads, event loops or open files.  Not "spawn": a process exec'd from
+# this one starts with this one's ru_maxrss, which would spoil the RSS figures.
+PROCESSES = multiprocessing.get_context("forkserver")
 
 
 def _child_main(fn: Callable, args: tuple, ready: Any, go: Any, out: Any) -> None:
@@ -327,8 +330,8 @@ class Child:
     set up; it returns when the parent calls ``go()``."""
 
     def __init__(self, fn: Callable, *args: Any) -> None:
-        self._ready, self._go, self._out = SPAWN.Event(), SPAWN.Event(), SPAWN.Queue()
-        self._proc = SPAWN.Process(target=_child_main, args=(fn, args, self._ready, self._go, self._out),
+        self._ready, self._go, self._out = PROCESSES.Event(), PROCESSES.Event(), PROCESSES.Queue()
+        self._proc = PROCESSES.Process(target=_child_main, args=(fn, args, self._ready, self._go, self._out),
                                    daemon=True)
         self._proc.start()
 
@@ -378,6 +381,7 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident set: right for a child of PROCESSES."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -609,7 +613,7 @@ def child_lj_drain(gate: Callable, path: str, n: int, concurrency: int, shared: 
 
 def lj_drain_two(path: str, n: int, concurrency: int) -> float:
     """Two worker processes; done when their success counts add up to n."""
-    shared = SPAWN.Value("q", 0)
+    shared = PROCESSES.Value("q", 0)
     children = [Child(child_lj_drain, path, n, concurrency, shared) for _ in range(2)]
     for child in children:
         child.wait_ready()
@@ -824,7 +828,7 @@ async def araw_pickup_here(path: str, samples: int) -> float:
 
 
 def raw_pickup_there(path: str, samples: int) -> float:
-    conn, ack = raw_open(path), SPAWN.Semaphore(0)
+    conn, ack = raw_open(path), PROCESSES.Semaphore(0)
     child = Child(child_enqueue_stamped, "raw", path, samples, ack, 1)
     Starts.reset(hook=ack.release)
     child.wait_ready()
@@ -836,7 +840,7 @@ def raw_pickup_there(path: str, samples: int) -> float:
 
 
 async def araw_pickup_there(path: str, samples: int) -> float:
-    db, ack = await araw_open(path), SPAWN.Semaphore(0)
+    db, ack = await araw_open(path), PROCESSES.Semaphore(0)
     child = Child(child_enqueue_stamped, "raw", path, samples, ack, 1)
     Starts.reset(hook=ack.release)
     await asyncio.to_thread(child.wait_ready)
@@ -864,7 +868,7 @@ async def lj_pickup_here(path: str, samples: int) -> float:
 
 async def lj_pickup_there(path: str, samples: int) -> float:
     async with litejobs.connect(path) as store:
-        ack = SPAWN.Semaphore(0)
+        ack = PROCESSES.Semaphore(0)
         child = Child(child_enqueue_stamped, "litejobs", path, samples, ack, 1)
         Starts.reset(hook=ack.release)
         async with running(store, WORKER_CONCURRENCY):

@@ -2442,3 +2442,170 @@ def test_demo_never_deletes_a_file_it_did_not_make(capsys, tmp_path):
     assert code == 1 and "not the demo's" in err
     with litejobs.connect_sync(app_db) as store:
         assert store.get(job_id).name == "noop"
+
+
+# -- a property test: the store against a model of SPEC section 2 -----------------
+
+from hypothesis import settings, strategies as st  # noqa: E402
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule  # noqa: E402
+
+GRACE = litejobs._WATCHDOG_GRACE
+
+
+class StoreAgainstModel(RuleBasedStateMachine):
+    """Drives the store's own operations with injected time and checks every
+    job's state, attempt count and due time against a plain model."""
+
+    def __init__(self):
+        super().__init__()
+        import tempfile
+
+        self.folder = tempfile.mkdtemp(prefix="litejobs-model-")
+        self.clock = FakeClock()
+        self.store = litejobs.connect_sync(os.path.join(self.folder, "model.db"), clock=self.clock)
+        self.model = {}  # id -> dict(state, attempts, run_at, max_retries, backoff, lease, cancel)
+        self.stale = []  # (id, lease) of attempts that lost their row
+
+    def teardown(self):
+        import shutil
+
+        self.store.close()
+        shutil.rmtree(self.folder)
+
+    def exchange(self, **request):
+        request.setdefault("names", ["m"])
+        return self.store._run(litejobs._exchange, litejobs._Request(**request), self.clock)
+
+    def running(self):
+        return sorted(i for i, job in self.model.items() if job["state"] == "running")
+
+    def fail_in_model(self, job, delay=None, dead_now=False):
+        retries_left = job["max_retries"] is None or job["attempts"] <= job["max_retries"]
+        if dead_now or not retries_left:
+            job["state"] = "dead"
+        elif job["cancel"]:
+            job["state"] = "cancelled"
+        else:
+            job["state"] = "pending"
+            if delay is None:  # SPEC section 2, written out again rather than borrowed from the module
+                value, k = job["backoff"].value, job["attempts"]
+                delay = value if isinstance(job["backoff"], litejobs.Linear) else value ** k
+            job["run_at"] = self.clock.now + delay
+
+    @precondition(lambda self: len(self.model) < 8)
+    @rule(max_retries=st.sampled_from([None, 0, 1, 3]),
+          backoff=st.sampled_from([litejobs.Linear(5), litejobs.Exponential(2), litejobs.Exponential(3)]),
+          delay=st.sampled_from([0, 10, 100]))
+    def enqueue(self, max_retries, backoff, delay):
+        limit = litejobs.Infinite if max_retries is None else litejobs.Count(max_retries)
+        row = litejobs.NewJob("m", "q", "{}", limit, backoff, 1000, delay=delay)
+        job_id = self.store.enqueue(row)
+        self.model[job_id] = dict(state="pending", attempts=0, run_at=self.clock.now + delay,
+                                  max_retries=max_retries, backoff=backoff, lease=None, cancel=False)
+
+    @rule(seconds=st.sampled_from([0.5, 2, 5, 30, 200]))
+    def advance(self, seconds):
+        self.clock.advance(seconds)
+
+    @rule(n=st.integers(1, 4))
+    def claim(self, n):
+        due = sorted((job["run_at"], i) for i, job in self.model.items()
+                     if job["state"] == "pending" and job["run_at"] <= self.clock.now)
+        expected = [i for _, i in due[:n]]
+        claimed = self.exchange(wants={"q": n}).claimed["q"]
+        assert [row[0] for row in claimed] == expected
+        for row in claimed:
+            job = self.model[row[0]]
+            job.update(state="running", attempts=job["attempts"] + 1, lease=row[5],
+                       deadline=self.clock.now + 1 + GRACE)
+            assert row[4] == job["attempts"]
+
+    @precondition(lambda self: self.running())
+    @rule(data=st.data(), how=st.sampled_from(["success", "failure", "retry_now", "retry_later", "abort"]))
+    def finish(self, data, how):
+        job_id = data.draw(st.sampled_from(self.running()))
+        job = self.model[job_id]
+        limits = (job_id, "m", "q", job["attempts"], job["lease"],
+                  job["max_retries"], job["backoff"].kind, float(job["backoff"].value))
+        if how == "success":
+            outcome = litejobs._Outcome(job_id, job["lease"], "done", "success", "m", "q", job["attempts"])
+            job["state"] = "done"
+        else:
+            delay = {"retry_now": 0, "retry_later": 7}.get(how)
+            outcome = litejobs._failure_outcome(limits, "boom", "failure", requested_delay=delay,
+                                                dead_now=how == "abort")
+            self.fail_in_model(job, delay, dead_now=how == "abort")
+        assert len(self.exchange(outcomes=[outcome]).written) == 1
+
+    @rule(seconds=st.sampled_from([0, 3, 9, 27, 81]))
+    def a_round_of_failures(self, seconds):
+        """Time passes, then every due job is claimed and fails: walks the backoff schedule."""
+        self.clock.advance(seconds)
+        self.claim(100)
+        outcomes = []
+        for job_id in self.running():
+            job = self.model[job_id]
+            limits = (job_id, "m", "q", job["attempts"], job["lease"],
+                      job["max_retries"], job["backoff"].kind, float(job["backoff"].value))
+            outcomes.append(litejobs._failure_outcome(limits, "boom", "failure"))
+            self.fail_in_model(job)
+        self.exchange(outcomes=outcomes)
+
+    @precondition(lambda self: self.running())
+    @rule()
+    def watchdog(self):
+        self.clock.advance(1 + GRACE)
+        for job_id in self.running():
+            job = self.model[job_id]
+            if job["deadline"] <= self.clock.now:
+                self.stale.append((job_id, job["lease"]))
+                self.fail_in_model(job)
+        self.exchange(housekeeping=True)
+
+    @precondition(lambda self: self.stale)
+    @rule(data=st.data())
+    def late_outcome_changes_nothing(self, data):
+        job_id, lease = data.draw(st.sampled_from(self.stale))
+        outcome = litejobs._Outcome(job_id, lease, "done", "success", "m", "q", 1)
+        assert self.exchange(outcomes=[outcome]).written == []
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def cancel(self, data):
+        job_id = data.draw(st.sampled_from(sorted(self.model)))
+        job = self.model[job_id]
+        self.store.cancel(job_id)
+        if job["state"] == "pending":
+            job["state"] = "cancelled"
+        elif job["state"] == "running":
+            job["cancel"] = True
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def retry(self, data):
+        job_id = data.draw(st.sampled_from(sorted(self.model)))
+        job = self.model[job_id]
+        changed = self.store.retry(job_id)
+        assert changed == (job["state"] in ("done", "dead", "cancelled"))
+        if changed:
+            job.update(state="pending", attempts=0, run_at=self.clock.now, cancel=False)
+
+    @rule()
+    def prune(self):
+        self.exchange(prune_before=self.clock.now)
+        for job_id in [i for i, job in self.model.items() if job["state"] in ("done", "cancelled")]:
+            del self.model[job_id]
+
+    @invariant()
+    def store_agrees_with_model(self):
+        rows = {job.id: job for job in self.store.jobs(limit=10_000)}
+        assert set(rows) == set(self.model)
+        for job_id, job in self.model.items():
+            info = rows[job_id]
+            assert (info.state.value, info.attempts) == (job["state"], job["attempts"]), job_id
+            if job["state"] == "pending":
+                assert info.run_at.timestamp() == pytest.approx(job["run_at"]), job_id
+
+
+StoreAgainstModel.TestCase.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
+test_store_against_model = StoreAgainstModel.TestCase
