@@ -736,23 +736,24 @@ def test_fencing_a_late_outcome_changes_nothing(db):
         async def run(self, state):
             attempt = litejobs.current().attempt
             runs.append(attempt)
-            if attempt == 1:
-                await state.wait()  # stands for a process that froze
-                return "late result of attempt 1"
-            return "result of attempt 2"
+            await state[attempt].wait()  # attempt 1 stands for a process that froze
+            return f"result of attempt {attempt}"
 
     async def main():
-        release = release_first()
+        release = {1: release_first(), 2: release_first()}
         async with litejobs.connect(db, clock=clock) as store:
             job_id = await store.enqueue(Frozen())
             async with litejobs.Worker(store, [Frozen], state=release, poll_interval=0.01):
                 await wait_state(store, job_id, "running", attempts=1)
                 clock.advance(61 + litejobs._WATCHDOG_GRACE)  # the watchdog takes the job away
-                info = await wait_state(store, job_id, "done", attempts=2)
-                assert info.result == "result of attempt 2"
+                info = await wait_state(store, job_id, "running", attempts=2)
                 assert "failed by the watchdog" in info.last_error
-                release.set()  # attempt 1 comes back late with its own result
+                release[1].set()  # attempt 1 comes back late, while attempt 2 owns the row
                 await asyncio.sleep(0.1)
+                info = await store.get(job_id)
+                assert (info.state, info.attempts, info.result) == ("running", 2, None)
+                release[2].set()
+                info = await wait_state(store, job_id, "done", attempts=2)
             info = await store.get(job_id)
             assert (info.state, info.attempts, info.result) == ("done", 2, "result of attempt 2")
             assert runs == [1, 2]
@@ -2552,8 +2553,8 @@ class StoreAgainstModel(RuleBasedStateMachine):
         self.exchange(outcomes=outcomes)
 
     @precondition(lambda self: self.running())
-    @rule()
-    def watchdog(self):
+    @rule(then_claim_again=st.booleans())
+    def watchdog(self, then_claim_again):
         self.clock.advance(1 + GRACE)
         for job_id in self.running():
             job = self.model[job_id]
@@ -2561,6 +2562,19 @@ class StoreAgainstModel(RuleBasedStateMachine):
                 self.stale.append((job_id, job["lease"]))
                 self.fail_in_model(job)
         self.exchange(housekeeping=True)
+        if then_claim_again:  # so that late outcomes meet jobs running again
+            self.clock.advance(100)
+            self.claim(100)
+
+    def stale_of_running_jobs(self):
+        return [(i, lease) for i, lease in self.stale if self.model.get(i, {}).get("state") == "running"]
+
+    @precondition(lambda self: self.stale_of_running_jobs())
+    @rule(data=st.data())
+    def late_outcome_while_the_job_runs_again(self, data):
+        job_id, lease = data.draw(st.sampled_from(self.stale_of_running_jobs()))
+        outcome = litejobs._Outcome(job_id, lease, "done", "success", "m", "q", 1)
+        assert self.exchange(outcomes=[outcome]).written == []
 
     @precondition(lambda self: self.stale)
     @rule(data=st.data())
