@@ -1,6 +1,6 @@
 """How fast is litejobs, next to a raw SQLite loop doing the same work?
 
-    python bench_litejobs.py                  # the full run: about 8 minutes on 2 cores
+    python bench_litejobs.py                  # the full run: about 7 minutes on 2 cores
     python bench_litejobs.py --quick          # a reduced run, under 30 seconds
     python bench_litejobs.py --only drain,e2e --json figures.json
 
@@ -75,6 +75,10 @@ QUICK = Plan(runs=1, one_by_one=300, concurrent=1_000, many=2_000, drain=1_000, 
 DRAIN_CONCURRENCIES = (1, 16, 256)
 WORKER_CONCURRENCY = 256  # the worker's concurrency in e2e, two processes and scale
 POLL_INTERVAL = inspect.signature(litejobs.Worker).parameters["poll_interval"].default
+# Pick-up latency: each job is enqueued this long (uniform, seconds) after the
+# previous one started.  The window spans a whole poll interval, so that the
+# enqueue falls at a random moment of a polling worker's cycle.
+PICKUP_GAP = (0.002, 0.002 + POLL_INTERVAL)
 
 
 # --------------------------------------------------------------------------
@@ -426,6 +430,7 @@ class Bench:
         self.plan, self.folder, self.report = plan, folder, report
         self._counter = 0
         self._templates: dict[tuple[str, int], str] = {}
+        self.scale_results: dict[str, list[float]] | None = None
 
     def path(self, name: str) -> str:
         """A new file name in the scratch folder."""
@@ -773,12 +778,12 @@ def group_e2e(b: Bench) -> None:
 
 
 def child_enqueue_stamped(gate: Callable, kind: str, path: str, samples: int, ack: Any, seed: int) -> None:
-    """Enqueue one stamped job at a time, at random moments; wait until it started."""
+    """Enqueue one stamped job at a time, each PICKUP_GAP after the previous one started."""
     rng = random.Random(seed)
     store = litejobs.connect_sync(path) if kind == "litejobs" else raw_open(path)
     gate()
     for _ in range(samples):
-        time.sleep(rng.uniform(0.002, 0.02))
+        time.sleep(rng.uniform(*PICKUP_GAP))
         if kind == "litejobs":
             store.enqueue(Stamped(time.time()))
         else:
@@ -797,7 +802,7 @@ def raw_pickup_here(path: str, samples: int) -> float:
     thread.start()
     rng = random.Random(1)
     for _ in range(samples):
-        time.sleep(rng.uniform(0.002, 0.02))
+        time.sleep(rng.uniform(*PICKUP_GAP))
         started.clear()
         conn.execute(RAW_INSERT, raw_row({"t": time.time()}))
         if not started.wait(30):
@@ -816,7 +821,7 @@ async def araw_pickup_here(path: str, samples: int) -> float:
     worker = asyncio.create_task(araw_work(worker_db, lambda: not stop))
     rng = random.Random(1)
     for _ in range(samples):
-        await asyncio.sleep(rng.uniform(0.002, 0.02))
+        await asyncio.sleep(rng.uniform(*PICKUP_GAP))
         started.clear()
         await db.execute(RAW_INSERT, raw_row({"t": time.time()}))
         await until(started, worker, timeout=30)
@@ -859,7 +864,7 @@ async def lj_pickup_here(path: str, samples: int) -> float:
             await asyncio.sleep(0.2)  # let it settle into idling
             rng = random.Random(1)
             for _ in range(samples):
-                await asyncio.sleep(rng.uniform(0.002, 0.02))
+                await asyncio.sleep(rng.uniform(*PICKUP_GAP))
                 started.clear()
                 await store.enqueue(Stamped(time.time()))
                 await until(started, worker, timeout=30)
@@ -890,8 +895,9 @@ async def lj_idle_cpu(path: str, seconds: float) -> float:
 
 def group_latency(b: Bench) -> None:
     p, line = b.plan, b.report.line
-    b.report.group(f"pick-up latency of an idle worker (enqueue-to-start p50 of {p.pickups} jobs enqueued "
-                   f"one at a time; raw loops poll data_version every {RAW_IDLE_POLL * 1000:g} ms)")
+    b.report.group(f"pick-up latency of an idle worker (enqueue-to-start p50 of {p.pickups} jobs, each enqueued "
+                   f"{PICKUP_GAP[0] * 1000:g}-{PICKUP_GAP[1] * 1000:g} ms after the previous one started; "
+                   f"the raw loops poll data_version every {RAW_IDLE_POLL * 1000:g} ms)")
     s = interleave(p.runs, {
         "raw_here": lambda: raw_pickup_here(b.path("raw-pickup"), p.pickups),
         "raw_there": lambda: raw_pickup_there(b.path("raw-pickup"), p.pickups),
@@ -944,17 +950,14 @@ def child_scale(gate: Callable, kind: str, path: str, first: int, total: int) ->
             "rss": peak_rss_mb(), "size": file_size(path) / 1e6}
 
 
-_scale_results: dict[int, dict] = {}
-
-
-def scale_experiment(b: Bench) -> dict[str, dict[str, list[float]]]:
+def scale_experiment(b: Bench) -> dict[str, list[float]]:
     """Workers in their own processes drain a small queue (``runs`` times) and
-    a big one (once); shared by the scale and size groups."""
-    if id(b) in _scale_results:
-        return _scale_results[id(b)]
+    a big one (once); the scale and size groups share the results."""
+    if b.scale_results is not None:
+        return b.scale_results
     p = b.plan
     first = min(p.small, p.big)
-    results: dict[str, dict[str, list[float]]] = {}
+    results: dict[str, list[float]] = {}
     small = interleave(p.runs, {
         kind: lambda kind=kind: run_child(child_scale, kind, b.pending(kind, p.small), first, p.small)
         for kind in ("raw", "litejobs")})
@@ -972,7 +975,7 @@ def scale_experiment(b: Bench) -> dict[str, dict[str, list[float]]]:
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(path + suffix):
                 os.remove(path + suffix)
-    _scale_results[id(b)] = results
+    b.scale_results = results
     return results
 
 
