@@ -558,7 +558,7 @@ class Job:
                 f"job class {type(self).__qualname__} is not a dataclass: "
                 "make it one, or override to_payload() and from_payload()"
             )
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        return {name: getattr(self, name) for name in _payload_fields(type(self))}
 
     @classmethod
     def from_payload(cls, data: dict) -> Job:
@@ -568,8 +568,14 @@ class Job:
         return cls(**data)
 
 
+# Classes that passed _check_registrable: enqueueing checks each class once.
+_registrable: set[type] = set()
+
+
 def _check_registrable(cls: Any) -> type[Job]:
     """The checks that need the finished class: run at registration and enqueue."""
+    if cls in _registrable:
+        return cls
     if not (isinstance(cls, type) and issubclass(cls, Job)):
         raise JobDefinitionError(f"{cls!r} is not a subclass of litejobs.Job")
     where = f"job class {cls.__qualname__}"
@@ -584,7 +590,21 @@ def _check_registrable(cls: Any) -> type[Job]:
         raise JobDefinitionError(
             f"{where} is not a dataclass: make it one, or override to_payload() and from_payload()"
         )
+    _registrable.add(cls)
     return cls
+
+
+@functools.lru_cache(maxsize=None)
+def _payload_fields(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls) if f.init)
+
+
+@functools.lru_cache(maxsize=None)
+def _limits_are_class_constants(cls: type) -> bool:
+    """True when no per-instance override can change the limits, which were
+    checked when the class was created: enqueueing can skip the checks."""
+    return (cls.queue is Job.queue and cls.max_retries is Job.max_retries
+            and cls.backoff_strategy is Job.backoff_strategy and cls.timeout is Job.timeout)
 
 
 _PAYLOAD_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
@@ -695,20 +715,27 @@ def new_job(
     where = f"job {cls.NAME!r}"
     if delay is not None and run_at is not None:
         raise ValueError(f"{where}: give delay or run_at, not both")
-    queue = job.queue() if queue is None else queue
-    if not isinstance(queue, str) or not queue:
+    if queue is not None and (not isinstance(queue, str) or not queue):
         raise ValueError(f"{where}: queue must be a non-empty str, got {queue!r}")
-    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) >= 2**63:
+    if priority and (isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) >= 2**63):
         raise ValueError(f"{where}: priority must be an int, got {priority!r}")
     if unique_key is not None and not isinstance(unique_key, str):
         raise ValueError(f"{where}: unique_key must be a str, got {unique_key!r}")
-    max_retries, backoff, timeout = job.max_retries(), job.backoff_strategy(), job.timeout()
-    if not isinstance(max_retries, MaxRetries):
-        raise JobDefinitionError(f"{where}: max_retries() returned {max_retries!r}, not Count(n) or Infinite")
-    if not isinstance(backoff, Backoff):
-        raise JobDefinitionError(f"{where}: backoff_strategy() returned {backoff!r}, not Linear or Exponential")
-    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
-        raise JobDefinitionError(f"{where}: timeout() returned {timeout!r}, not a positive int of milliseconds")
+    if _limits_are_class_constants(cls):
+        queue = cls.QUEUE if queue is None else queue
+        max_retries, backoff, timeout = cls.MAX_RETRIES, cls.BACKOFF, cls.TIMEOUT
+    else:
+        max_retries, backoff, timeout = job.max_retries(), job.backoff_strategy(), job.timeout()
+        if queue is None:
+            queue = job.queue()
+            if not isinstance(queue, str) or not queue:
+                raise JobDefinitionError(f"{where}: queue() returned {queue!r}, not a non-empty str")
+        if not isinstance(max_retries, MaxRetries):
+            raise JobDefinitionError(f"{where}: max_retries() returned {max_retries!r}, not Count(n) or Infinite")
+        if not isinstance(backoff, Backoff):
+            raise JobDefinitionError(f"{where}: backoff_strategy() returned {backoff!r}, not Linear or Exponential")
+        if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
+            raise JobDefinitionError(f"{where}: timeout() returned {timeout!r}, not a positive int of milliseconds")
     return NewJob(
         name=cls.NAME,
         queue=queue,
@@ -788,13 +815,14 @@ class JobContext:
     store: Store
 
 
-_current_job: contextvars.ContextVar[JobContext] = contextvars.ContextVar("litejobs_current_job")
+# Holds the running attempt; its JobContext is built only when asked for.
+_current_job: contextvars.ContextVar[Any] = contextvars.ContextVar("litejobs_current_job")
 
 
 def current() -> JobContext:
     """The running job's context: id, attempt number and store."""
     try:
-        return _current_job.get()
+        return _current_job.get().context()
     except LookupError:
         raise LiteJobsError("litejobs.current() was called outside a running job") from None
 
@@ -1213,24 +1241,11 @@ def _failure_outcome(row: Sequence, error: str, event: str, requested_delay: flo
         try:
             delay = _retry_decision(attempts, max_retries, Backoff.from_column(backoff, backoff_value),
                                     requested_delay)
-        except (KeyError, TypeError, ValueError, LiteJobsError):
-            error += f"\n(not retried: the row's limits are corrupt: {_row_problem(row)})"
+        except (KeyError, TypeError, ValueError, LiteJobsError) as exc:
+            # Only a row edited by hand gets here; it must fail, not crash us.
+            error += f"\n(not retried: the row's retry limits are unreadable: {exc!r})"
     return _Outcome(job_id, lease, "dead" if delay is None else "pending", event, name, queue,
                     attempts, delay=delay, error=error, duration=duration)
-
-
-def _row_problem(row: Sequence) -> str | None:
-    """What is wrong with a claimed row edited behind our back, or None."""
-    _id, _name, _queue, attempts, _lease, max_retries, backoff, backoff_value = row[:8]
-    if not isinstance(attempts, int) or attempts < 1:
-        return f"attempts is {attempts!r}"
-    if max_retries is not None and (not isinstance(max_retries, int) or max_retries < 0):
-        return f"max_retries is {max_retries!r}"
-    try:
-        Backoff.from_column(backoff, backoff_value)
-    except (KeyError, TypeError, ValueError, LiteJobsError):
-        return f"backoff is {backoff!r} {backoff_value!r}"
-    return None
 
 
 @dataclasses.dataclass
@@ -1744,15 +1759,23 @@ def connect_sync(path: str | os.PathLike, **options: Any) -> SyncStore:
 # --------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(eq=False)
 class _Attempt:
-    row: tuple
-    job: Job
-    started: float
-    task: asyncio.Task | None = None
-    timer: asyncio.TimerHandle | None = None
-    settled: bool = False
-    stopping: bool = False
+    """One claimed job running in this worker (slots: one is made per job)."""
+
+    __slots__ = ("row", "job", "store", "started", "task", "timer", "settled", "stopping")
+
+    def __init__(self, row: tuple, job: Job | None, store: Store) -> None:
+        self.row = row
+        self.job = job
+        self.store = store
+        self.started = time.monotonic()
+        self.task: asyncio.Task | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.settled = False
+        self.stopping = False
+
+    def context(self) -> JobContext:
+        return JobContext(self.row[0], self.row[1], self.row[2], self.row[4], self.store)
 
     @property
     def job_id(self) -> int:
@@ -1816,6 +1839,7 @@ class Worker:
             raise JobDefinitionError("Worker needs at least one Job class to run")
         self._names = sorted(self._registry)
         self._sync_run = {name: not inspect.iscoroutinefunction(cls.run) for name, cls in self._registry.items()}
+        self._has_span = {name: cls.span is not Job.span for name, cls in self._registry.items()}
         per_queue = 4
         if isinstance(concurrency, int) and not isinstance(concurrency, bool):
             per_queue, concurrency = concurrency, {}
@@ -1852,6 +1876,7 @@ class Worker:
         self._more_to_prune = False
         self._next_compact = 0.0
         self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.claims = 0  # round trips that asked the store for jobs; tests watch it
 
     # -- lifecycle ---------------------------------------------------------
@@ -1872,7 +1897,7 @@ class Worker:
 
     async def run(self, *, handle_signals: bool = True) -> None:
         """Serve jobs until ``stop()``, SIGINT or SIGTERM, then stop gracefully."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self.state = await self._make_state()
         signals = self._install_signal_handlers(loop) if handle_signals else []
         self.store._wakers.add(self._notify)
@@ -2045,13 +2070,8 @@ class Worker:
     def _start(self, row: tuple) -> None:
         job_id, name, queue, payload, attempt_no = row[:5]
         cls = self._registry[name]
-        attempt = _Attempt(row, None, time.monotonic())  # type: ignore[arg-type]
-        problem = _row_problem(attempt.limits())
-        if problem is None and (not isinstance(row[9], int) or row[9] <= 0):
-            problem = f"timeout_ms is {row[9]!r}"
+        attempt = _Attempt(row, None, self.store)
         try:
-            if problem is not None:
-                raise ValueError(f"the row was edited by hand: {problem}")
             job = cls.from_payload(orjson.loads(payload))
             if not isinstance(job, cls):
                 raise TypeError(f"from_payload() returned {type(job).__name__}, not {cls.__name__}")
@@ -2061,32 +2081,32 @@ class Worker:
             logger.error("%s", error)
             self._record(_failure_outcome(attempt.limits(), error, "failure", dead_now=True))
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         attempt.job = job
         self._running[queue] += 1
         self._attempts.add(attempt)
-        self.store._emit(Event("start", job_id, name, queue, attempt_no))
-        attempt.task = loop.create_task(self._call_run(attempt))
-        attempt.task.add_done_callback(functools.partial(self._finished, attempt))
+        if self.store._event_callbacks:
+            self.store._emit(Event("start", job_id, name, queue, attempt_no))
+        attempt.task = task = loop.create_task(self._call_run(attempt))
+        task.add_done_callback(functools.partial(self._finished, attempt))
         attempt.timer = loop.call_later(row[9] / 1000, self._timed_out, attempt)
 
     async def _call_run(self, attempt: _Attempt) -> Any:
-        job, name = attempt.job, attempt.row[1]
-        _current_job.set(JobContext(attempt.job_id, name, attempt.queue, attempt.row[4], self.store))
-        span = job.span()
+        _current_job.set(attempt)
+        job = attempt.job
+        span = job.span() if self._has_span[attempt.row[1]] else None
         if span is None:
-            return await self._call_run_bare(job, name)
+            return await self._call_run_bare(job, attempt.row[1])
         if hasattr(span, "__aenter__"):
             async with span:
-                return await self._call_run_bare(job, name)
+                return await self._call_run_bare(job, attempt.row[1])
         with span:
-            return await self._call_run_bare(job, name)
+            return await self._call_run_bare(job, attempt.row[1])
 
     async def _call_run_bare(self, job: Job, name: str) -> Any:
-        if self._sync_run[name]:
-            result = await self._run_in_thread(job.run, self.state)
-        else:
-            result = await job.run(self.state)
+        if not self._sync_run[name]:
+            return await job.run(self.state)
+        result = await self._run_in_thread(job.run, self.state)
         return await result if inspect.isawaitable(result) else result
 
     @staticmethod
@@ -2146,10 +2166,12 @@ class Worker:
             outcome = _failure_outcome(attempt.limits(), error, "timeout", duration=duration)
         elif task.exception() is None:
             outcome = attempt.outcome("done", "success", duration=duration)
-            try:
-                outcome.result = orjson.dumps(task.result()).decode()
-            except TypeError as exc:
-                outcome.error = f"the job succeeded, but its result could not be stored: {exc}"
+            result = task.result()
+            if result is not None:
+                try:
+                    outcome.result = orjson.dumps(result).decode()
+                except TypeError as exc:
+                    outcome.error = f"the job succeeded, but its result could not be stored: {exc}"
         else:
             exc = task.exception()
             outcome = _failure_outcome(
@@ -2208,7 +2230,7 @@ class Worker:
                 logger.error("could not record %d outcome(s) on the way out: %s", len(outcomes), exc)
 
     def _emit_outcome(self, outcome: _Outcome) -> None:
-        if outcome.event == "requeue":
+        if outcome.event == "requeue" or (outcome.event == "success" and not self.store._event_callbacks):
             return
         if outcome.event in ("failure", "timeout"):
             summary = (outcome.error or "").splitlines()[-1:] or [""]
