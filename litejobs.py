@@ -965,6 +965,16 @@ def _insert_jobs(conn: sqlite3.Connection, rows: Sequence[NewJob], clock: Callab
     """Insert jobs, all or nothing, as (id, inserted) pairs: a unique_key
     already pending or running gives the existing id and inserts nothing."""
     now = clock()
+    if all(row.unique_key is None for row in rows):
+        # The common case, in one executemany.  AUTOINCREMENT under the write
+        # lock hands out consecutive ids after the highest ever used.
+        before = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'litejobs_jobs'").fetchone()
+        first = (before[0] if before else 0) + 1
+        conn.executemany(_SQL_INSERT_JOB, [row._row(now) for row in rows])
+        last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+        if last - first + 1 == len(rows):
+            return [(job_id, True) for job_id in range(first, last + 1)]
+        raise StoreError(f"inserted ids {first}..{last} are not the {len(rows)} expected")  # never seen
     ids = []
     for row in rows:
         if row.unique_key is not None:
@@ -1458,6 +1468,8 @@ class Store(_StoreCalls):
         self.keep_done = keep_done
         self._event_callbacks: list[Callable[[Event], Any]] = []
         self._wakers: set[Callable[[], None]] = set()
+        self._insert_queue: list[tuple[list[NewJob], asyncio.Future]] = []
+        self._insert_busy = False
 
     async def _run(self, fn: Callable, *args: Any, write: bool = False) -> Any:
         """Run ``fn(conn, *args)`` on the connection's thread; one hop, one transaction.
@@ -1499,12 +1511,59 @@ class Store(_StoreCalls):
         rows = _new_jobs(jobs, options)
         if not rows:
             return []
-        ids = await self._run(_insert_jobs, rows, self.clock, write=True)
-        for (job_id, inserted), row in zip(ids, rows):
-            if inserted:
-                self._emit(Event("enqueue", job_id, row.name, row.queue))
+        ids = await self._insert(rows)
+        if self._event_callbacks:
+            for (job_id, inserted), row in zip(ids, rows):
+                if inserted:
+                    self._emit(Event("enqueue", job_id, row.name, row.queue))
         self._wake_workers()
         return [job_id for job_id, _ in ids]
+
+    async def _insert(self, rows: list[NewJob]) -> list[tuple[int, bool]]:
+        """Group commit: enqueues that arrive while a write is under way are
+        written together in the next transaction, one thread hop for all.
+        Each caller's rows are still all or nothing."""
+        if not self._insert_busy:  # nothing under way: write at once, from here
+            self._insert_busy = True
+            try:
+                return await self._run(_insert_jobs, rows, self.clock, write=True)
+            finally:
+                self._insert_busy = False
+                self._start_insert_writer()
+        waiter = asyncio.get_running_loop().create_future()
+        self._insert_queue.append((rows, waiter))
+        return await waiter
+
+    def _start_insert_writer(self) -> None:
+        if self._insert_queue and not self._insert_busy:
+            self._insert_busy = True
+            asyncio.ensure_future(self._write_inserts())
+
+    async def _write_inserts(self) -> None:
+        try:
+            await self._write_queued_inserts()
+        finally:
+            self._insert_busy = False
+            self._start_insert_writer()
+
+    async def _write_queued_inserts(self) -> None:
+        while self._insert_queue:
+            batch, self._insert_queue = self._insert_queue, []
+            rows = [row for rows, _ in batch for row in rows]
+            try:
+                ids = await self._run(_insert_jobs, rows, self.clock, write=True)
+            except BaseException as exc:  # every caller of this transaction hears of it
+                for _, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            start = 0
+            for caller_rows, waiter in batch:
+                if not waiter.done():
+                    waiter.set_result(ids[start:start + len(caller_rows)])
+                start += len(caller_rows)
 
     # -- inspection and repair ---------------------------------------------
 
@@ -1578,8 +1637,18 @@ class Store(_StoreCalls):
         return await self._run(_exchange, request, self.clock)
 
     async def data_version(self) -> int:
-        """A number that changes whenever another connection commits: the cheap check."""
+        """A number that changes whenever another connection commits."""
         return await self._run(_data_version)
+
+    def change_signature(self) -> Any:
+        """The cheapest sign of a commit: the WAL file's size and modification
+        time, read without a trip to the database thread.  None where there
+        is no such file.  (A PostgreSQL store would LISTEN instead.)"""
+        try:
+            stat = os.stat(self.path + "-wal")
+        except (OSError, ValueError):
+            return None
+        return stat.st_mtime_ns, stat.st_size
 
     async def register_worker(self, worker_id: str, names: Sequence[str]) -> None:
         await self._run(_register_worker, worker_id, names, self.clock, write=True)
@@ -1822,7 +1891,7 @@ class Worker:
         state: Any = None,
         concurrency: int | dict[str, int] | None = None,
         queues: Iterable[str] = (),
-        poll_interval: float = 0.05,
+        poll_interval: float = 0.015,
         shutdown_timeout: float = 10.0,
     ) -> None:
         self.store = store
@@ -1866,7 +1935,8 @@ class Worker:
         # frozen attempt, this worker may claim the same job again.
         self._attempts: set[_Attempt] = set()
         self._outcomes: list[_Outcome] = []
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future | None = None
+        self._woken = False
         self._stopping = False
         self._check_due = True  # something may be claimable: ask the store
         self._check_cancels = False  # a cancellation may have been asked for
@@ -1877,6 +1947,7 @@ class Worker:
         self._next_compact = 0.0
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._watcher: threading.Event | None = None
         self.claims = 0  # round trips that asked the store for jobs; tests watch it
 
     # -- lifecycle ---------------------------------------------------------
@@ -1884,7 +1955,7 @@ class Worker:
     def stop(self) -> None:
         """Stop claiming, let running jobs finish (up to shutdown_timeout), then return."""
         self._stopping = True
-        self._wake.set()
+        self._wakeup()
 
     async def __aenter__(self) -> Worker:
         self._task = asyncio.ensure_future(self.run(handle_signals=False))
@@ -1902,6 +1973,7 @@ class Worker:
         signals = self._install_signal_handlers(loop) if handle_signals else []
         self.store._wakers.add(self._notify)
         await self.store.register_worker(self._id, self._names)
+        self._watcher = self._start_watcher(loop)
         logger.info("worker started on %s: queues %s, jobs %s", self.store.path, self._capacity, self._names)
         try:
             await self._serve()
@@ -1911,6 +1983,9 @@ class Worker:
             await asyncio.shield(self._hand_back_all())
             raise
         finally:
+            if self._watcher is not None:
+                self._watcher.set()  # the thread ends within a poll interval
+                self._watcher = None
             self.store._wakers.discard(self._notify)
             for sig in signals:
                 loop.remove_signal_handler(sig)
@@ -1940,11 +2015,62 @@ class Worker:
                 pass
         return installed
 
+    def _start_watcher(self, loop: asyncio.AbstractEventLoop) -> threading.Event | None:
+        """Watch the WAL file for other processes' commits from a thread.
+
+        A stat every poll interval in a thread costs a few microseconds;
+        waking the event loop as often would cost far more.  Every commit
+        appends to the WAL, so a change of its size or time means "look".
+        Returns the Event that stops the thread, or None where there is no
+        WAL file (then the loop polls PRAGMA data_version itself).
+        """
+        store, interval = self.store, self.poll_interval
+        if store.change_signature() is None:
+            return None
+        stop = threading.Event()
+
+        def watch() -> None:
+            seen = store.change_signature()
+            while not stop.is_set():
+                time.sleep(interval)  # cheaper than stop.wait(interval) per wake-up
+                signature = store.change_signature()
+                if signature != seen:
+                    seen = signature
+                    try:
+                        loop.call_soon_threadsafe(self._notify)
+                    except RuntimeError:  # the loop has closed
+                        return
+
+        threading.Thread(target=watch, name="litejobs-watch", daemon=True).start()
+        return stop
+
+    def _wakeup(self) -> None:
+        self._woken = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(True)
+
+    async def _sleep(self, timeout: float) -> bool:
+        """Sleep until woken or ``timeout`` seconds pass; True if woken.
+
+        A future and a timer, not wait_for: this runs every poll interval of
+        an idle worker, and should cost next to nothing.
+        """
+        if not self._woken:
+            self._waiter = waiter = self._loop.create_future()
+            timer = self._loop.call_later(timeout, _set_future, waiter, False, None)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        woken, self._woken = self._woken, False
+        return woken
+
     def _notify(self) -> None:
         """Something was enqueued or cancelled in this process: look now."""
         self._check_due = True
         self._check_cancels = True
-        self._wake.set()
+        self._wakeup()
 
     # -- the loop: one round trip to the store at a time -------------------
 
@@ -2020,24 +2146,24 @@ class Worker:
                     await asyncio.sleep(0)  # let finished jobs report, then go again
                     continue
 
-            timeout = self.poll_interval
+            # With a watcher thread looking at the file, the loop itself only
+            # wakes for due times and the once-a-second housekeeping.
+            timeout = self.poll_interval if self._watcher is None else _WATCHDOG_INTERVAL
+            timeout = min(timeout, max(self._next_housekeeping - store.clock(), 0.0))
             if self._next_due is not None:
                 timeout = min(timeout, max(self._next_due - store.clock(), 0.0))
             if stop_deadline is not None:
                 timeout = min(timeout, max(stop_deadline - loop.time(), 0.0))
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
-                if not self._stopping or self._attempts:
-                    try:
-                        version = await store.data_version()
-                    except StoreError as exc:
-                        logger.warning("could not check the database for changes: %s", exc)
-                    else:
-                        if version != last_version:
-                            self._check_due = self._check_cancels = True
-                            last_version = version
-            self._wake.clear()
+            if (not await self._sleep(timeout) and self._watcher is None
+                    and (not self._stopping or self._attempts)):
+                try:  # no WAL file to watch (an in-memory database): ask SQLite
+                    version = await store.data_version()
+                except StoreError as exc:
+                    logger.warning("could not check the database for changes: %s", exc)
+                else:
+                    if version != last_version:
+                        self._check_due = self._check_cancels = True
+                        last_version = version
 
     def _take_answer(self, request: _Request, answer: _Exchange) -> None:
         emit = self.store._emit
@@ -2202,7 +2328,7 @@ class Worker:
 
     def _record(self, outcome: _Outcome) -> None:
         self._outcomes.append(outcome)
-        self._wake.set()
+        self._wakeup()
 
     async def _abandon_running(self) -> None:
         """Shutdown timeout passed: cancel what still runs and hand it back unspent."""

@@ -889,7 +889,10 @@ def test_wakes_at_once_for_a_job_enqueued_in_process(db):
     run(main())
 
 
-def test_sees_a_job_enqueued_by_another_connection(db):
+def test_sees_a_job_enqueued_by_another_connection(db, monkeypatch):
+    # No housekeeping pass after the first: only the cheap check can see it.
+    monkeypatch.setattr(litejobs, "_WATCHDOG_INTERVAL", 3600)
+
     async def main():
         async with litejobs.connect(db) as store, litejobs.connect(db) as other:
             async with litejobs.Worker(store, [Noop], poll_interval=0.02):
@@ -2623,3 +2626,32 @@ class StoreAgainstModel(RuleBasedStateMachine):
 
 StoreAgainstModel.TestCase.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
 test_store_against_model = StoreAgainstModel.TestCase
+
+
+def test_concurrent_enqueues_share_transactions(db, monkeypatch):
+    transactions = []
+    insert = litejobs._insert_jobs
+
+    def counting_insert(conn, rows, clock):
+        transactions.append(len(rows))
+        return insert(conn, rows, clock)
+
+    monkeypatch.setattr(litejobs, "_insert_jobs", counting_insert)
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            ids = await asyncio.gather(*(store.enqueue(Echo(i)) for i in range(100)))
+            assert len(set(ids)) == 100
+            assert [(await store.get(job_id)).payload["value"] for job_id in ids] == list(range(100))
+            assert sum(transactions) == 100 and len(transactions) < 10  # group commit
+
+            # A failed transaction fails every caller in it, and stores nothing.
+            pages = (await store._db.execute_fetchall("PRAGMA page_count"))[0][0]
+            await store._db.execute(f"PRAGMA max_page_count = {pages}")
+            results = await asyncio.gather(*(store.enqueue(Echo("x" * 3000)) for _ in range(20)),
+                                           return_exceptions=True)
+            await store._db.execute("PRAGMA max_page_count = 1073741823")
+            assert all(isinstance(r, litejobs.StoreError) for r in results[1:])
+            assert len(await store.jobs(limit=1000)) == 100 + sum(isinstance(r, int) for r in results)
+
+    run(main())
