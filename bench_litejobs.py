@@ -71,6 +71,9 @@ class Plan:
 FULL = Plan()
 QUICK = Plan(runs=1, one_by_one=300, concurrent=1_000, many=2_000, drain=1_000, e2e_seconds=1.0,
              pickups=10, idle_seconds=1.0, big=20_000, small=2_000)
+# Tiny sizes, for the test suite's check that the script still runs end to end.
+SMOKE = Plan(runs=1, one_by_one=20, concurrent=100, many=100, drain=100, e2e_seconds=0.3,
+             pickups=3, idle_seconds=0.2, big=1_000, small=200)
 
 DRAIN_CONCURRENCIES = (1, 16, 256)
 WORKER_CONCURRENCY = 256  # the worker's concurrency in e2e, two processes and scale
@@ -1026,6 +1029,7 @@ def group_size(b: Bench) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a reduced run: small sizes, one run each")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the script runs, measures nothing")
     parser.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")
     parser.add_argument("--only", metavar="NAME[,NAME]", help=f"run only these groups: {', '.join(GROUPS)}")
     parser.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "bench-scratch"),
@@ -1035,7 +1039,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(groups) - set(GROUPS)
     if unknown:
         parser.error(f"unknown group(s) {', '.join(sorted(unknown))}; choose from {', '.join(GROUPS)}")
-    plan = QUICK if args.quick else FULL
+    plan = SMOKE if args.smoke else QUICK if args.quick else FULL
 
     meta = {
         "litejobs": litejobs.__version__, "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,

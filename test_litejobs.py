@@ -2655,3 +2655,16 @@ def test_concurrent_enqueues_share_transactions(db, monkeypatch):
             assert len(await store.jobs(limit=1000)) == 100 + sum(isinstance(r, int) for r in results)
 
     run(main())
+
+
+@pytest.mark.slow
+def test_benchmark_script_still_runs(tmp_path):
+    out = tmp_path / "figures.json"
+    result = subprocess.run([sys.executable, os.path.join(HERE, "bench_litejobs.py"), "--smoke",
+                             "--dir", str(tmp_path), "--json", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    figures = orjson_loads(out.read_text())["figures"]
+    assert len(figures) > 20
+    for line in ("drain c=256", "await enqueue, 100 concurrent tasks", "pick-up p50, same process"):
+        assert line in result.stdout
