@@ -1058,11 +1058,20 @@ def _cancel_job(conn: sqlite3.Connection, job_id: int, clock: Callable[[], float
 
 
 def _purge_jobs(conn: sqlite3.Connection, state: str, before: float) -> int:
-    """Delete one batch of finished jobs of ``state`` that finished before ``before``."""
-    return conn.execute(
-        f"DELETE FROM litejobs_jobs WHERE id IN ({_SQL_OLD_FINISHED.format(states='?')} LIMIT ?)",
-        (state, before, _PRUNE_BATCH),
-    ).rowcount
+    """Delete finished jobs of ``state`` that finished before ``before``, one
+    transaction per batch, so that the write lock is never held for long."""
+    def delete_batch(conn: sqlite3.Connection) -> int:
+        return conn.execute(
+            f"DELETE FROM litejobs_jobs WHERE id IN ({_SQL_OLD_FINISHED.format(states='?')} LIMIT ?)",
+            (state, before, _PRUNE_BATCH),
+        ).rowcount
+
+    total = 0
+    while True:
+        deleted = _with_retries(conn, delete_batch, write=True)
+        total += deleted
+        if deleted < _PRUNE_BATCH:
+            return total
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1441,6 +1450,11 @@ class _StoreCalls:
         """Put every dead job (of ``queue``) back to pending; returns how many."""
         return self._run(_retry_jobs, None, queue, self.clock, write=True)
 
+    def purge(self, *, state: str | JobState, older_than: float | timedelta = 0) -> Any:
+        """Delete done, dead or cancelled jobs that finished over ``older_than`` ago; returns how many."""
+        state = _check_state(state, ("done", "dead", "cancelled"), "purge state")
+        return self._run(_purge_jobs, state, self.clock() - _seconds(older_than, "older_than"))
+
     def every(self, interval: float | timedelta, job: Job, *, key: str | None = None) -> Any:
         """Enqueue ``job`` every ``interval`` (at least 1 s), under ``key`` (default: its NAME)."""
         seconds = _seconds(interval, "interval")
@@ -1575,17 +1589,6 @@ class Store(_StoreCalls):
             self._emit(event)
         self._wake_workers()
         return state
-
-    async def purge(self, *, state: str | JobState, older_than: float | timedelta = 0) -> int:
-        """Delete done, dead or cancelled jobs that finished over ``older_than`` ago."""
-        state = _check_state(state, ("done", "dead", "cancelled"), "purge state")
-        before = self.clock() - _seconds(older_than, "older_than")
-        total = 0
-        while True:  # batch by batch, so the write lock is never held for long
-            deleted = await self._run(_purge_jobs, state, before, write=True)
-            total += deleted
-            if deleted < _PRUNE_BATCH:
-                return total
 
     async def wait(self, job_id: int, timeout: float | None = None) -> Any:
         """Wait for the job to finish and return its result.
@@ -1806,16 +1809,6 @@ class SyncStore(_StoreCalls):
         """Cancel a pending job, or ask the worker running it to stop."""
         return self._run(_cancel_job, job_id, self.clock, write=True)[0]
 
-    def purge(self, *, state: str | JobState, older_than: float | timedelta = 0) -> int:
-        """Delete done, dead or cancelled jobs that finished over ``older_than`` ago."""
-        state = _check_state(state, ("done", "dead", "cancelled"), "purge state")
-        before = self.clock() - _seconds(older_than, "older_than")
-        total = 0
-        while True:
-            deleted = self._run(_purge_jobs, state, before, write=True)
-            total += deleted
-            if deleted < _PRUNE_BATCH:
-                return total
 
 
 def connect_sync(path: str | os.PathLike, **options: Any) -> SyncStore:

@@ -1461,6 +1461,10 @@ def test_purge_by_state_and_age(db):
             assert await store.get(old) is None and await store.get(recent) is not None
             with pytest.raises(ValueError, match="purge state must be one of done, dead, cancelled"):
                 await store.purge(state="pending")
+            many = await store.enqueue_many([Noop() for _ in range(2500)])
+            await store._db.execute("UPDATE litejobs_jobs SET state = 'cancelled', finished_at = 0 WHERE id >= ?",
+                                    (many[0],))
+            assert await store.purge(state="cancelled") == 2500  # three batches
 
     run(main())
 
@@ -1605,7 +1609,7 @@ def test_sync_twin_enqueues_and_reads(db):
 
 def test_sync_twin_uses_the_same_sql_as_the_async_store():
     # Shared by construction: the inspection calls are one implementation.
-    for name in ("get", "stats", "jobs", "retry", "retry_dead", "every", "unschedule"):
+    for name in ("get", "stats", "jobs", "retry", "retry_dead", "purge", "every", "unschedule"):
         assert getattr(litejobs.SyncStore, name) is getattr(litejobs.Store, name)
 
 
