@@ -717,7 +717,7 @@ def new_job(
         raise ValueError(f"{where}: give delay or run_at, not both")
     if queue is not None and (not isinstance(queue, str) or not queue):
         raise ValueError(f"{where}: queue must be a non-empty str, got {queue!r}")
-    if priority and (isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) >= 2**63):
+    if type(priority) is not int or not -2**63 <= priority < 2**63:
         raise ValueError(f"{where}: priority must be an int, got {priority!r}")
     if unique_key is not None and not isinstance(unique_key, str):
         raise ValueError(f"{where}: unique_key must be a str, got {unique_key!r}")
@@ -967,14 +967,10 @@ def _insert_jobs(conn: sqlite3.Connection, rows: Sequence[NewJob], clock: Callab
     now = clock()
     if all(row.unique_key is None for row in rows):
         # The common case, in one executemany.  AUTOINCREMENT under the write
-        # lock hands out consecutive ids after the highest ever used.
-        before = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'litejobs_jobs'").fetchone()
-        first = (before[0] if before else 0) + 1
+        # lock hands out consecutive ids, so the last one gives them all.
         conn.executemany(_SQL_INSERT_JOB, [row._row(now) for row in rows])
         last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-        if last - first + 1 == len(rows):
-            return [(job_id, True) for job_id in range(first, last + 1)]
-        raise StoreError(f"inserted ids {first}..{last} are not the {len(rows)} expected")  # never seen
+        return [(job_id, True) for job_id in range(last - len(rows) + 1, last + 1)]
     ids = []
     for row in rows:
         if row.unique_key is not None:
@@ -1248,7 +1244,9 @@ class _Outcome:
     def as_json_row(self, now: float) -> list:
         finished = now if self.state in ("done", "dead", "cancelled") else None
         run_at = now + self.delay if self.delay is not None else None
-        return [self.job_id, self.lease, self.state, run_at, finished, self.error, self.result, self.uncount]
+        # SQLite's json_extract stops at a NUL character: spell it out.
+        error = None if self.error is None else self.error.replace("\x00", "\\x00")
+        return [self.job_id, self.lease, self.state, run_at, finished, error, self.result, self.uncount]
 
 
 def _failure_outcome(row: Sequence, error: str, event: str, requested_delay: float | None = None,
@@ -1323,9 +1321,13 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
         now = answer.now = clock()
         answer.written, answer.claimed, answer.enqueued = [], {}, []
         todo = list(request.outcomes)
+        # One outcome per attempt: the worker's own, when it has one, wins
+        # over the watchdog's (an UPDATE ... FROM would apply either).
+        reported = {(outcome.job_id, outcome.lease) for outcome in todo}
         for row in conn.execute(_SQL_EXPIRED, (now,)).fetchall() if expired else ():
-            error = f"TimeoutError: attempt {row[3]} did not finish within {row[8]} ms (failed by the watchdog)"
-            todo.append(_failure_outcome(row, error, "timeout"))
+            if (row[0], row[4]) not in reported:
+                error = f"TimeoutError: attempt {row[3]} did not finish within {row[8]} ms (failed by the watchdog)"
+                todo.append(_failure_outcome(row, error, "timeout"))
         finished: dict[tuple[str, str], int] = {}
         if todo:
             batch = orjson.dumps([outcome.as_json_row(now) for outcome in todo]).decode()
@@ -1480,6 +1482,7 @@ class Store(_StoreCalls):
         self.path = path
         self.clock = clock
         self.keep_done = keep_done
+        self._wal_path = os.path.abspath(path) + "-wal"  # absolute: the process may chdir
         self._event_callbacks: list[Callable[[Event], Any]] = []
         self._wakers: set[Callable[[], None]] = set()
         self._insert_queue: list[tuple[list[NewJob], asyncio.Future]] = []
@@ -1566,13 +1569,25 @@ class Store(_StoreCalls):
             rows = [row for rows, _ in batch for row in rows]
             try:
                 ids = await self._run(_insert_jobs, rows, self.clock, write=True)
+            except StoreError:
+                if len(batch) == 1:
+                    batch[0][1].done() or batch[0][1].set_exception(sys.exc_info()[1])
+                    continue
+                # Someone's rows broke the shared transaction: write each
+                # caller's alone, so that only the guilty one hears of it.
+                for caller_rows, waiter in batch:
+                    try:
+                        result = await self._run(_insert_jobs, caller_rows, self.clock, write=True)
+                    except StoreError as exc:
+                        waiter.done() or waiter.set_exception(exc)
+                    else:
+                        waiter.done() or waiter.set_result(result)
+                continue
             except BaseException as exc:  # every caller of this transaction hears of it
                 for _, waiter in batch:
                     if not waiter.done():
                         waiter.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                continue
+                raise
             start = 0
             for caller_rows, waiter in batch:
                 if not waiter.done():
@@ -1643,12 +1658,19 @@ class Store(_StoreCalls):
         """A number that changes whenever another connection commits."""
         return await self._run(_data_version)
 
-    def change_signature(self) -> Any:
-        """The cheapest sign of a commit: the WAL file's size and modification
-        time, read without a trip to the database thread.  None where there
-        is no such file.  (A PostgreSQL store would LISTEN instead.)"""
+    def change_signature(self) -> tuple[int, int] | None:
+        """The cheapest sign of a commit, read without a trip to the database
+        thread: the WAL file's modification time and size, since every commit
+        writes to it.  None where there is no such file.  (A PostgreSQL store
+        would LISTEN instead.)
+
+        Only stat, never open: closing any descriptor of a file drops every
+        POSIX lock this process holds on it, SQLite's included.  Where the
+        file system keeps coarse times, a commit can go unseen here; the
+        worker's once-a-second data_version check catches it.
+        """
         try:
-            stat = os.stat(self.path + "-wal")
+            stat = os.stat(self._wal_path)
         except (OSError, ValueError):
             return None
         return stat.st_mtime_ns, stat.st_size
@@ -1941,6 +1963,7 @@ class Worker:
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watcher: threading.Event | None = None
+        self._watch_blind = False
         self.claims = 0  # round trips that asked the store for jobs; tests watch it
 
     # -- lifecycle ---------------------------------------------------------
@@ -2027,6 +2050,7 @@ class Worker:
             while not stop.is_set():
                 time.sleep(interval)  # cheaper than stop.wait(interval) per wake-up
                 signature = store.change_signature()
+                self._watch_blind = signature is None  # then the loop polls instead
                 if signature != seen:
                     seen = signature
                     try:
@@ -2131,9 +2155,11 @@ class Worker:
                     continue
                 failures = 0
                 self._take_answer(request, answer)
-                if last_version is not None and answer.data_version != last_version:
-                    self._check_due = self._check_cancels = True
+                changed = last_version is not None and answer.data_version != last_version
                 last_version = answer.data_version
+                if changed:  # another process committed: look at once
+                    self._check_due = self._check_cancels = True
+                    continue
                 if self._outcomes or self._more_to_prune or any(
                         q in self._backlog and self._running[q] < c for q, c in self._capacity.items()):
                     await asyncio.sleep(0)  # let finished jobs report, then go again
@@ -2141,15 +2167,15 @@ class Worker:
 
             # With a watcher thread looking at the file, the loop itself only
             # wakes for due times and the once-a-second housekeeping.
-            timeout = self.poll_interval if self._watcher is None else _WATCHDOG_INTERVAL
+            watched = self._watcher is not None and not self._watch_blind
+            timeout = _WATCHDOG_INTERVAL if watched else self.poll_interval
             timeout = min(timeout, max(self._next_housekeeping - store.clock(), 0.0))
             if self._next_due is not None:
                 timeout = min(timeout, max(self._next_due - store.clock(), 0.0))
             if stop_deadline is not None:
                 timeout = min(timeout, max(stop_deadline - loop.time(), 0.0))
-            if (not await self._sleep(timeout) and self._watcher is None
-                    and (not self._stopping or self._attempts)):
-                try:  # no WAL file to watch (an in-memory database): ask SQLite
+            if not await self._sleep(timeout) and not watched and (not self._stopping or self._attempts):
+                try:  # no file to watch (an in-memory database): ask SQLite
                     version = await store.data_version()
                 except StoreError as exc:
                     logger.warning("could not check the database for changes: %s", exc)

@@ -2672,3 +2672,100 @@ def test_benchmark_script_still_runs(tmp_path):
     assert len(figures) > 20
     for line in ("drain c=256", "await enqueue, 100 concurrent tasks", "pick-up p50, same process"):
         assert line in result.stdout
+
+
+# -- regressions found in the review of the speed work ----------------------------
+
+
+def test_own_outcome_wins_over_the_watchdog_in_one_batch(db):
+    clock = FakeClock()
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            job_id = await store.enqueue(Echo(42))
+            row = (await store.exchange(litejobs._Request(wants={"default": 1}, names=["echo"]))).claimed["default"][0]
+            clock.advance(60)  # the outcome reaches the store after the deadline
+            done = litejobs._Outcome(row[0], row[5], "done", "success", row[1], row[2], row[4], result="42")
+            answer = await store.exchange(litejobs._Request(outcomes=[done], names=["echo"], housekeeping=True))
+            assert [(o.event, o.state) for o in answer.written] == [("success", "done")]
+            info = await store.get(job_id)
+            assert (info.state, info.result, info.attempts) == ("done", 42, 1)
+            stats = (await store.stats())["default"]
+            assert (stats.done_counts.all_time, stats.dead_counts.all_time) == (1, 0)
+
+    run(main())
+
+
+def test_bad_priorities_are_refused_even_when_falsy():
+    for bad in (None, "", 0.0, [], True, 2**63):
+        with pytest.raises(ValueError, match="priority must be an int"):
+            litejobs.new_job(Noop(), priority=bad)
+
+
+def test_a_caller_whose_rows_break_a_shared_transaction_fails_alone(db, monkeypatch):
+    insert = litejobs._insert_jobs
+
+    def picky_insert(conn, rows, clock):
+        if any("poison" in row.payload for row in rows):
+            raise sqlite3.IntegrityError("poisoned row")
+        return insert(conn, rows, clock)
+
+    monkeypatch.setattr(litejobs, "_insert_jobs", picky_insert)
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            results = await asyncio.gather(*(store.enqueue(Echo("poison" if i == 5 else i)) for i in range(20)),
+                                           return_exceptions=True)
+            assert [type(r).__name__ for r in results].count("StoreError") == 1
+            assert isinstance(results[5], litejobs.StoreError)
+            stored = sorted([(await store.get(r)).payload["value"] for r in results if isinstance(r, int)])
+            assert stored == [i for i in range(20) if i != 5]
+
+    run(main())
+
+
+def test_error_text_with_a_nul_character_is_kept_whole(db):
+    @dataclass
+    class Nul(litejobs.Job):
+        NAME = "nul_error"
+        MAX_RETRIES = litejobs.Count(0)
+
+        async def run(self, state):
+            raise ValueError("before\x00after")
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Nul())
+            async with litejobs.Worker(store, [Nul]):
+                info = await wait_state(store, job_id, "dead")
+            assert "before\\x00after" in info.last_error
+
+    run(main())
+
+
+def test_enqueue_does_not_depend_on_sqlite_sequence(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            first = await store.enqueue_many([Echo(1), Echo(2)])
+            await store._db.execute("DELETE FROM sqlite_sequence")  # "reset the counter"
+            more = await store.enqueue_many([Echo(3), Echo(4)])
+            assert more[0] > first[-1]
+            assert [(await store.get(i)).payload["value"] for i in first + more] == [1, 2, 3, 4]
+
+    run(main())
+
+
+def test_worker_on_a_relative_path_still_sees_other_processes_after_chdir(tmp_path, monkeypatch):
+    monkeypatch.setattr(litejobs, "_WATCHDOG_INTERVAL", 3600)  # only the watcher can see it
+    monkeypatch.chdir(tmp_path)
+
+    async def main():
+        async with litejobs.connect("relative.db") as store:
+            async with litejobs.Worker(store, [Noop], poll_interval=0.01):
+                await asyncio.sleep(0.05)
+                os.chdir("/")
+                async with litejobs.connect(str(tmp_path / "relative.db")) as other:
+                    job_id = await other.enqueue(Noop())
+                await wait_state(store, job_id, "done")
+
+    run(main())
