@@ -99,6 +99,11 @@ logger.addHandler(logging.NullHandler())
 # Constants and SQL
 # --------------------------------------------------------------------------
 
+# The claim needs UPDATE ... RETURNING (SQLite 3.35); the outcome batch needs
+# UPDATE ... FROM (3.33) and json_each.  Python builds since 2021 have them;
+# an older SQLite fails at connect with a plain message, not mid-claim.
+_SQLITE_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+
 # Bumped whenever the tables change; a file of a newer version is refused
 # rather than half-understood.
 _SCHEMA_VERSION = 1
@@ -921,6 +926,9 @@ def _open_schema(conn: sqlite3.Connection, path: str, synchronous: str, create: 
     file that is not ours to change is refused before anything is written.
     With ``create`` false the file must already be a litejobs database, and
     nothing is written: that is how the command line inspects."""
+    if not _SQLITE_HAS_RETURNING:
+        raise StoreError(f"litejobs needs SQLite 3.35 or newer (for UPDATE ... RETURNING); "
+                         f"this Python has SQLite {sqlite3.sqlite_version}")
     conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
     try:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

@@ -2769,3 +2769,13 @@ def test_worker_on_a_relative_path_still_sees_other_processes_after_chdir(tmp_pa
                 await wait_state(store, job_id, "done")
 
     run(main())
+
+
+def test_an_old_sqlite_is_refused_at_connect_with_a_plain_message(db, monkeypatch):
+    monkeypatch.setattr(litejobs, "_SQLITE_HAS_RETURNING", False)
+
+    async def main():
+        with pytest.raises(litejobs.StoreError, match="needs SQLite 3.35 or newer"):
+            await litejobs.connect(db)
+
+    run(main())
