@@ -2109,8 +2109,14 @@ def test_worker_keeps_retrying_an_outcome_write_until_the_disk_has_room(db, capl
 
 def _as_nobody(fn, *args):
     """Run fn(*args) in a forked child without root's power to ignore file modes."""
+    import warnings
+
     read, write = os.pipe()
-    pid = os.fork()
+    # fork, not spawn: the user nobody may not read root's Python to start a
+    # new one.  The child only drops privileges and opens a database.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # the child
         try:
             os.close(read)
