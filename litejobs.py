@@ -2165,9 +2165,11 @@ class Worker:
                 self._take_answer(request, answer)
                 changed = last_version is not None and answer.data_version != last_version
                 last_version = answer.data_version
-                if changed:  # another process committed: look at once
-                    self._check_due = self._check_cancels = True
-                    continue
+                if changed:  # another process committed
+                    self._check_cancels = True
+                    if not request.wants:  # (a claim in this trip saw that commit)
+                        self._check_due = True
+                        continue
                 if self._outcomes or self._more_to_prune or any(
                         q in self._backlog and self._running[q] < c for q, c in self._capacity.items()):
                     await asyncio.sleep(0)  # let finished jobs report, then go again
