@@ -1862,7 +1862,7 @@ class _Attempt:
         self.store = store
         self.started = time.monotonic()
         self.task: asyncio.Task | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: _TimeoutGroup | None = None
         self.settled = False
         self.stopping = False
 
@@ -1885,6 +1885,18 @@ class _Attempt:
     def outcome(self, state: str, event: str, **fields: Any) -> _Outcome:
         row = self.row
         return _Outcome(row[0], row[5], state, event, row[1], row[2], row[4], **fields)
+
+
+class _TimeoutGroup:
+    """One timer for the attempts that started together with the same TIMEOUT:
+    they share a deadline, and a timer per job costs a claim's worth of time."""
+
+    __slots__ = ("attempts", "live", "timer")
+
+    def __init__(self) -> None:
+        self.attempts: list[_Attempt] = []
+        self.live = 0  # attempts not yet settled; at 0 the timer is cancelled
+        self.timer: asyncio.TimerHandle | None = None
 
 
 def _format_error(exc: BaseException) -> str:
@@ -2212,17 +2224,24 @@ class Worker:
             for attempt in list(self._attempts):
                 if (attempt.job_id, attempt.row[5]) in asked:
                     self._cancel_attempt(attempt)
+        groups: dict[int, _TimeoutGroup] = {}
         for queue, rows in answer.claimed.items():
             if len(rows) == request.wants[queue]:
                 self._backlog.add(queue)
             else:
                 self._backlog.discard(queue)
             for row in rows:
-                self._start(row)
+                group = groups.get(row[9])
+                if group is None:
+                    group = groups[row[9]] = _TimeoutGroup()
+                self._start(row, group)
+        for timeout_ms, group in groups.items():
+            if group.live:
+                group.timer = self._loop.call_later(timeout_ms / 1000, self._group_timed_out, group)
 
     # -- running one attempt -----------------------------------------------
 
-    def _start(self, row: tuple) -> None:
+    def _start(self, row: tuple, group: _TimeoutGroup) -> None:
         job_id, name, queue, payload, attempt_no = row[:5]
         cls = self._registry[name]
         attempt = _Attempt(row, None, self.store)
@@ -2244,7 +2263,9 @@ class Worker:
             self.store._emit(Event("start", job_id, name, queue, attempt_no))
         attempt.task = task = loop.create_task(self._call_run(attempt))
         task.add_done_callback(functools.partial(self._finished, attempt))
-        attempt.timer = loop.call_later(row[9] / 1000, self._timed_out, attempt)
+        attempt.timer = group
+        group.attempts.append(attempt)
+        group.live += 1
 
     async def _call_run(self, attempt: _Attempt) -> Any:
         _current_job.set(attempt)
@@ -2295,8 +2316,11 @@ class Worker:
         if attempt.settled:
             return False
         attempt.settled = True
-        if attempt.timer is not None:
-            attempt.timer.cancel()
+        group = attempt.timer
+        if group is not None:
+            group.live -= 1
+            if group.live == 0 and group.timer is not None:
+                group.timer.cancel()
         self._running[attempt.queue] -= 1
         self._attempts.discard(attempt)
         return True
@@ -2334,6 +2358,11 @@ class Worker:
                 dead_now=isinstance(exc, Abort),
                 requested_delay=exc.delay if isinstance(exc, Retry) else None)
         self._record(outcome)
+
+    def _group_timed_out(self, group: _TimeoutGroup) -> None:
+        for attempt in group.attempts:
+            if not attempt.settled:
+                self._timed_out(attempt)
 
     def _timed_out(self, attempt: _Attempt) -> None:
         if not self._settle(attempt):
