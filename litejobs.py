@@ -1314,6 +1314,7 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
     expired = recurring = prune = False
     if request.housekeeping:
         expired = conn.execute(_SQL_EXPIRED + " LIMIT 1", (answer.now,)).fetchone() is not None
+    if request.housekeeping or request.wants:  # a worker woken at a tick's time fires it then
         recurring = conn.execute(_SQL_RECURRING_DUE + " LIMIT 1", (answer.now,)).fetchone() is not None
     if request.prune_before is not None:
         prune = conn.execute(_SQL_OLD_FINISHED.format(states="'done', 'cancelled'") + " LIMIT 1",
