@@ -530,7 +530,7 @@ def lj_sync(path: str, n: int) -> float:
 
 def group_enqueue(b: Bench) -> None:
     p, line = b.plan, b.report.line
-    b.report.group(f"enqueue (into an empty file; the raw loops encode the same payload with orjson)")
+    b.report.group("enqueue (into an empty file; the raw loops encode the same payload with orjson)")
     s = interleave(p.runs, {
         "raw_single": lambda: raw_single(b.path("raw-single"), p.one_by_one),
         "araw_single": lambda: asyncio.run(araw_single(b.path("araw-single"), p.one_by_one)),
@@ -1008,8 +1008,8 @@ def group_scale(b: Bench) -> None:
 
 def group_size(b: Bench) -> None:
     p, line = b.plan, b.report.line
-    b.report.group(f"file size after every job ran (litejobs with its default retention, keep_done one day; "
-                   f"the raw table keeps its done rows)")
+    b.report.group("file size after every job ran (litejobs with its default retention, keep_done one day; "
+                   "the raw table keeps its done rows)")
     r = scale_experiment(b)
     once = "(1 run)" if p.runs > 1 else ""
     for kind, label in (("raw", "raw sqlite3"), ("litejobs", "litejobs")):

@@ -83,10 +83,9 @@ import threading
 import time
 import traceback
 import urllib.parse
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from enum import Enum
-from typing import Any, Awaitable, Callable, ClassVar, Iterable, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import aiosqlite
 import orjson
@@ -1407,6 +1406,14 @@ def _data_version(conn: sqlite3.Connection) -> int:
     return conn.execute("PRAGMA data_version").fetchone()[0]
 
 
+def _set_future(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if not future.done():
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+
 class JobFailed(LiteJobsError):
     """``Store.wait`` found the job dead or cancelled; ``.job`` is its JobInfo."""
 
@@ -1567,41 +1574,37 @@ class Store(_StoreCalls):
 
     async def _write_inserts(self) -> None:
         try:
-            await self._write_queued_inserts()
+            while self._insert_queue:
+                batch, self._insert_queue = self._insert_queue, []
+                await self._write_insert_batch(batch)
         finally:
             self._insert_busy = False
             self._start_insert_writer()
 
-    async def _write_queued_inserts(self) -> None:
-        while self._insert_queue:
-            batch, self._insert_queue = self._insert_queue, []
-            rows = [row for rows, _ in batch for row in rows]
-            try:
-                ids = await self._run(_insert_jobs, rows, self.clock, write=True)
-            except StoreError:
-                if len(batch) == 1:
-                    batch[0][1].done() or batch[0][1].set_exception(sys.exc_info()[1])
-                    continue
-                # Someone's rows broke the shared transaction: write each
-                # caller's alone, so that only the guilty one hears of it.
-                for caller_rows, waiter in batch:
-                    try:
-                        result = await self._run(_insert_jobs, caller_rows, self.clock, write=True)
-                    except StoreError as exc:
-                        waiter.done() or waiter.set_exception(exc)
-                    else:
-                        waiter.done() or waiter.set_result(result)
-                continue
-            except BaseException as exc:  # every caller of this transaction hears of it
-                for _, waiter in batch:
-                    if not waiter.done():
-                        waiter.set_exception(exc)
-                raise
-            start = 0
+    async def _write_insert_batch(self, batch: list[tuple[list[NewJob], asyncio.Future]]) -> None:
+        rows = [row for rows, _ in batch for row in rows]
+        try:
+            ids = await self._run(_insert_jobs, rows, self.clock, write=True)
+        except StoreError as exc:
+            if len(batch) == 1:
+                _set_future(batch[0][1], None, exc)
+                return
+            # Someone's rows broke the shared transaction: write each
+            # caller's alone, so that only the guilty one hears of it.
             for caller_rows, waiter in batch:
-                if not waiter.done():
-                    waiter.set_result(ids[start:start + len(caller_rows)])
-                start += len(caller_rows)
+                try:
+                    _set_future(waiter, await self._run(_insert_jobs, caller_rows, self.clock, write=True), None)
+                except StoreError as caller_exc:
+                    _set_future(waiter, None, caller_exc)
+            return
+        except BaseException as exc:  # every caller of this transaction hears of it
+            for _, waiter in batch:
+                _set_future(waiter, None, exc)
+            raise
+        start = 0
+        for caller_rows, waiter in batch:
+            _set_future(waiter, ids[start:start + len(caller_rows)], None)
+            start += len(caller_rows)
 
     # -- inspection and repair ---------------------------------------------
 
@@ -1902,14 +1905,6 @@ class _TimeoutGroup:
 
 def _format_error(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
-
-
-def _set_future(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
-    if not future.done():
-        if error is None:
-            future.set_result(result)
-        else:
-            future.set_exception(error)
 
 
 class Worker:
