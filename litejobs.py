@@ -85,7 +85,7 @@ import traceback
 import urllib.parse
 from datetime import datetime, timedelta, timezone
 from enum import Enum
-from typing import Any, Callable, ClassVar, Iterable, Sequence
+from typing import Any, Callable, ClassVar, Iterable, NamedTuple, Sequence
 
 import aiosqlite
 import orjson
@@ -104,8 +104,9 @@ logger.addHandler(logging.NullHandler())
 _SQLITE_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 
 # Bumped whenever the tables change; a file of a newer version is refused
-# rather than half-understood.
-_SCHEMA_VERSION = 1
+# rather than half-understood, and an older one is brought up to date by the
+# steps in _MIGRATIONS (run before _DDL, in the same transaction).
+_SCHEMA_VERSION = 2
 
 # How long one statement waits for another connection's write lock before
 # SQLite reports "database is locked"; _with_retries then tries again, so
@@ -118,6 +119,11 @@ _GIVE_UP_AFTER = 60.0
 # the failure itself; the watchdog is for processes that died or froze.
 _WATCHDOG_GRACE = 2.0
 _WATCHDOG_INTERVAL = 1.0
+_WATCHDOG_CONFIRM = 2.5
+
+# How far the wall clock may move against the monotonic one before a worker
+# re-expresses its running attempts' deadlines in the new wall-clock time.
+_CLOCK_STEP = 0.5
 
 # What a job row must satisfy, column by column, and what a broken value is
 # replaced with when the row is quarantined (see _quarantine_broken_rows).
@@ -165,10 +171,11 @@ _DDL = [
         result           TEXT,
         """ + ",\n        ".join(f"CHECK ({check})" for check, _ in _JOB_CHECKS.values()) + """
     )""",
-    # The claim walks this index in exactly its ORDER BY (the rowid, which is
-    # the id, is the index's hidden last column), so it never sorts or scans.
-    """CREATE INDEX IF NOT EXISTS litejobs_jobs_claim
-        ON litejobs_jobs (queue, priority DESC, run_at) WHERE state = 'pending'""",
+    # The claim walks this index in exactly its ORDER BY, one job name at a
+    # time (the rowid, which is the id, is the index's hidden last column):
+    # pending jobs of names a worker does not know are never walked past.
+    """CREATE INDEX IF NOT EXISTS litejobs_jobs_claim_by_name
+        ON litejobs_jobs (queue, name, priority DESC, run_at) WHERE state = 'pending'""",
     # Finds when the next scheduled job falls due, so an idle worker can
     # sleep exactly until then.
     """CREATE INDEX IF NOT EXISTS litejobs_jobs_next_due
@@ -203,7 +210,8 @@ _DDL = [
         max_retries   INTEGER,
         backoff       TEXT NOT NULL,
         backoff_value REAL NOT NULL,
-        timeout_ms    INTEGER NOT NULL
+        timeout_ms    INTEGER NOT NULL,
+        last_id       INTEGER  -- the job of the latest tick: while it waits, ticks coalesce
     )""",
     # Running workers and the job names they know, so that the statistics
     # can tell pending jobs that no worker will ever claim.
@@ -215,6 +223,16 @@ _DDL = [
         started_at REAL NOT NULL
     )""",
 ]
+
+# What turns a file of schema version N - 1 into version N.
+_MIGRATIONS: dict[int, list[str]] = {
+    # Version 2: claims look one job name at a time; recurring ticks coalesce
+    # while their last job still waits.
+    2: [
+        "DROP INDEX IF EXISTS litejobs_jobs_claim",
+        "ALTER TABLE litejobs_recurring ADD COLUMN last_id INTEGER",
+    ],
+}
 
 _JOB_COLUMNS = (
     "id, name, queue, payload, state, priority, run_at, attempts, max_retries,"
@@ -234,6 +252,11 @@ _SQL_FIND_UNIQUE = """
 _SQL_GET_JOB = f"SELECT {_JOB_COLUMNS} FROM litejobs_jobs WHERE id = ?"
 
 
+# SQLite allows 500 terms in one compound SELECT; a worker with more job
+# names than this claims with one IN list instead, walking past other names.
+_MAX_NAMES_PER_CLAIM = 400
+
+
 @functools.lru_cache(maxsize=None)
 def _sql_claim(name_count: int) -> str:
     """The claim: one statement picks and takes up to N due jobs of a queue.
@@ -241,18 +264,33 @@ def _sql_claim(name_count: int) -> str:
     Two workers can never take the same row, because the choice and the
     write happen in one statement under SQLite's single write lock.  Every
     claim bumps ``lease``, the fencing token an outcome must present.
-    Placeholders are generated from a count, never from the names.
+
+    Each job name's best N come from the claim index; only those (at most
+    names x N rows) are sorted together, so the cost does not grow with the
+    pending jobs of other names.  Placeholders are generated from a count,
+    never from the names.
     """
-    names = ", ".join(f"?{n}" for n in range(4, 4 + name_count))
+    if name_count == 1:
+        choose = """SELECT id FROM litejobs_jobs
+                     WHERE state = 'pending' AND queue = ?2 AND name = ?4 AND run_at <= ?1
+                     ORDER BY priority DESC, run_at, id LIMIT ?3"""
+    elif name_count > _MAX_NAMES_PER_CLAIM:  # past SQLite's limit on UNION terms
+        names = ", ".join(f"?{n}" for n in range(4, 4 + name_count))
+        choose = f"""SELECT id FROM litejobs_jobs
+                      WHERE state = 'pending' AND queue = ?2 AND name IN ({names}) AND run_at <= ?1
+                      ORDER BY priority DESC, run_at, id LIMIT ?3"""
+    else:
+        per_name = "\n UNION ALL ".join(
+            f"""SELECT * FROM (SELECT id, priority, run_at FROM litejobs_jobs
+                                WHERE state = 'pending' AND queue = ?2 AND name = ?{n} AND run_at <= ?1
+                                ORDER BY priority DESC, run_at, id LIMIT ?3)"""
+            for n in range(4, 4 + name_count))
+        choose = f"SELECT id FROM ({per_name}) ORDER BY priority DESC, run_at, id LIMIT ?3"
     return f"""
         UPDATE litejobs_jobs
            SET state = 'running', attempts = attempts + 1, lease = lease + 1,
                started_at = ?1, deadline = ?1 + timeout_ms / 1000.0 + {_WATCHDOG_GRACE}
-         WHERE id IN (SELECT id FROM litejobs_jobs
-                       WHERE state = 'pending' AND queue = ?2 AND run_at <= ?1
-                         AND name IN ({names})
-                       ORDER BY priority DESC, run_at, id
-                       LIMIT ?3)
+         WHERE id IN ({choose})
         RETURNING id, name, queue, payload, attempts, lease, max_retries,
                   backoff, backoff_value, timeout_ms, priority, run_at"""
 
@@ -263,13 +301,13 @@ def _sql_claim(name_count: int) -> str:
 # An outcome is written only while its attempt still owns the row: same
 # lease, still running.  A worker that comes back after the watchdog took its
 # job away therefore changes nothing.  A job whose cancellation was asked for
-# is not retried: it ends cancelled.
+# and that then fails, however (retry, death, the watchdog), ends cancelled.
 _SQL_RECORD_OUTCOMES = """
     UPDATE litejobs_jobs
-       SET state = CASE WHEN o.state = 'pending' AND litejobs_jobs.cancel_requested
+       SET state = CASE WHEN o.state IN ('pending', 'dead') AND litejobs_jobs.cancel_requested
                         THEN 'cancelled' ELSE o.state END,
            run_at = coalesce(o.run_at, litejobs_jobs.run_at),
-           finished_at = CASE WHEN o.state = 'pending' AND litejobs_jobs.cancel_requested
+           finished_at = CASE WHEN o.state IN ('pending', 'dead') AND litejobs_jobs.cancel_requested
                               THEN ?1 ELSE o.finished_at END,
            last_error = coalesce(o.error, litejobs_jobs.last_error), result = o.result,
            attempts = litejobs_jobs.attempts - o.uncount, deadline = NULL
@@ -281,9 +319,22 @@ _SQL_RECORD_OUTCOMES = """
      WHERE litejobs_jobs.id = o.id AND litejobs_jobs.lease = o.lease AND litejobs_jobs.state = 'running'
     RETURNING litejobs_jobs.id, litejobs_jobs.lease, litejobs_jobs.state"""
 
-_SQL_EXPIRED = """
+# The watchdog in two steps.  A housekeeping trip reads the attempts whose
+# deadline passed; the worker fails one only when a later trip, at least
+# _WATCHDOG_CONFIRM seconds later on its own monotonic clock, finds the same
+# attempt with the same deadline still expired.  Owners re-express their
+# deadlines when the wall clock steps (_SQL_RENEW_DEADLINE), so a step makes
+# a live attempt look expired for a moment at most, never long enough.
+_SQL_EXPIRED = "SELECT id, lease, deadline FROM litejobs_jobs WHERE state = 'running' AND deadline <= ?"
+
+_SQL_REAPABLE = """
     SELECT id, name, queue, attempts, lease, max_retries, backoff, backoff_value, timeout_ms
-      FROM litejobs_jobs WHERE state = 'running' AND deadline <= ?"""
+      FROM litejobs_jobs
+     WHERE id = ? AND lease = ? AND deadline = ? AND state = 'running' AND deadline <= ?"""
+
+_SQL_RENEW_DEADLINE = f"""
+    UPDATE litejobs_jobs SET deadline = ?1 + ?4 + {_WATCHDOG_GRACE}
+     WHERE id = ?2 AND lease = ?3 AND state = 'running'"""
 
 _SQL_CANCEL_REQUESTED = "SELECT id, lease FROM litejobs_jobs WHERE state = 'running' AND cancel_requested = 1"
 
@@ -311,8 +362,10 @@ _PRUNE_BATCH = 1000
 
 _SQL_RECURRING_DUE = """
     SELECT key, interval, next_run, name, queue, payload, priority, max_retries,
-           backoff, backoff_value, timeout_ms
+           backoff, backoff_value, timeout_ms, last_id
       FROM litejobs_recurring WHERE next_run <= ?"""
+
+_SQL_STILL_PENDING = "SELECT 1 FROM litejobs_jobs WHERE id = ? AND state = 'pending'"
 
 
 # --------------------------------------------------------------------------
@@ -958,10 +1011,18 @@ def _open_schema(conn: sqlite3.Connection, path: str, synchronous: str, create: 
     conn.execute(f"PRAGMA synchronous = {synchronous}")
 
     def create(conn: sqlite3.Connection) -> None:
+        # Read again under the write lock: another process may have
+        # migrated the file since the check above.
+        row = conn.execute("SELECT value FROM litejobs_meta WHERE key = 'schema_version'").fetchone() \
+            if "litejobs_meta" in tables else None
+        if row is not None:
+            for version in range(int(row[0]) + 1, _SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[version]:
+                    conn.execute(statement)
         for statement in _DDL:
             conn.execute(statement)
         conn.execute(
-            "INSERT OR IGNORE INTO litejobs_meta (key, value) VALUES ('schema_version', ?)",
+            "INSERT OR REPLACE INTO litejobs_meta (key, value) VALUES ('schema_version', ?)",
             (str(_SCHEMA_VERSION),),
         )
 
@@ -1187,20 +1248,24 @@ def _enqueue_recurring(conn: sqlite3.Connection, now: float) -> list[tuple[int, 
 
     The transaction moves ``next_run`` past now as it enqueues, so a tick is
     enqueued exactly once however many workers look.  Ticks missed while no
-    worker ran become one run, due at the latest missed tick.
+    worker ran become one run, due at the latest missed tick; so do ticks that
+    fall due while the last tick's job still waits to start (no worker that
+    knows it is up, or its queue is busy): one run, not a pile.
     """
     enqueued = []
-    for key, interval, next_run, name, queue, payload, priority, max_retries, backoff, value, timeout in (
+    for key, interval, next_run, name, queue, payload, priority, max_retries, backoff, value, timeout, last_id in (
         conn.execute(_SQL_RECURRING_DUE, (now,)).fetchall()
     ):
         missed = math.floor((now - next_run) / interval)
         tick = next_run + missed * interval
-        job_id = conn.execute(
-            _SQL_INSERT_JOB,
-            (name, queue, payload, priority, tick, max_retries, backoff, value, timeout, None, now),
-        ).lastrowid
-        conn.execute("UPDATE litejobs_recurring SET next_run = ? WHERE key = ?", (tick + interval, key))
-        enqueued.append((job_id, name, queue))
+        if last_id is None or conn.execute(_SQL_STILL_PENDING, (last_id,)).fetchone() is None:
+            last_id = conn.execute(
+                _SQL_INSERT_JOB,
+                (name, queue, payload, priority, tick, max_retries, backoff, value, timeout, None, now),
+            ).lastrowid
+            enqueued.append((last_id, name, queue))
+        conn.execute("UPDATE litejobs_recurring SET next_run = ?, last_id = ? WHERE key = ?",
+                     (tick + interval, last_id, key))
     return enqueued
 
 
@@ -1231,6 +1296,16 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _storable_text(text: str) -> str:
+    """Text that JSON and SQLite can carry.  A lone surrogate (Python's
+    stand-in for an undecodable byte in a file name) is kept, escaped."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclasses.dataclass
 class _Outcome:
     """What became of one attempt, waiting to be written with the next batch."""
@@ -1247,6 +1322,10 @@ class _Outcome:
     result: str | None = None
     uncount: int = 0  # 1 when a graceful stop hands the attempt back unspent
     duration: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.error is not None:
+            self.error = _storable_text(self.error)
 
     def as_json_row(self, now: float) -> list:
         finished = now if self.state in ("done", "dead", "cancelled") else None
@@ -1272,6 +1351,14 @@ def _failure_outcome(row: Sequence, error: str, event: str, requested_delay: flo
                     attempts, delay=delay, error=error, duration=duration)
 
 
+class _Expiry(NamedTuple):
+    """An attempt whose deadline has passed, as the watchdog saw it."""
+
+    job_id: int
+    lease: int
+    deadline: float
+
+
 @dataclasses.dataclass
 class _Request:
     """What a worker asks of the store in one round trip."""
@@ -1279,10 +1366,18 @@ class _Request:
     outcomes: Sequence[_Outcome] = ()
     wants: dict[str, int] = dataclasses.field(default_factory=dict)  # queue -> free slots
     names: Sequence[str] = ()  # the job names the worker can run
-    housekeeping: bool = False  # watchdog, recurring ticks and retention this time
+    housekeeping: bool = False  # look for expired attempts, recurring ticks and retention this time
+    reap: Sequence[_Expiry] = ()  # expired attempts to fail, if they are still exactly so
+    renew: Sequence[tuple[int, int, float]] = ()  # (id, lease, seconds left): deadlines to re-express
     look_for_cancels: bool = False
     prune_before: float | None = None  # delete done/cancelled rows finished before this
     compact: bool = False
+
+    def asks_nothing(self) -> bool:
+        """True when a round trip would be for nothing.  Every field but the
+        names counts, so a new kind of request can never be left out here."""
+        return not any(getattr(self, field.name) not in (None, False, (), [], {})
+                       for field in dataclasses.fields(self) if field.name != "names")
 
 
 @dataclasses.dataclass
@@ -1295,14 +1390,16 @@ class _Exchange:
     written: list[_Outcome] = dataclasses.field(default_factory=list)
     cancels: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (id, lease)
     enqueued: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)
+    expired: list[_Expiry] = dataclasses.field(default_factory=list)
     next_due: float | None = None
     more_to_prune: bool = False
 
 
 def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], float]) -> _Exchange:
     """A worker's whole round trip: record finished attempts, fail expired
-    ones (the watchdog), enqueue recurring ticks, prune old rows, claim new
-    jobs, and see when the next scheduled one falls due.
+    ones the worker confirmed (the watchdog), re-express its deadlines after
+    a clock step, enqueue recurring ticks, prune old rows, claim new jobs,
+    and see when the next scheduled one falls due.
 
     Reads come first; the write transaction is begun only when there is
     something to write, so an idle worker writes nothing.
@@ -1310,15 +1407,16 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
     answer = _Exchange(clock(), conn.execute("PRAGMA data_version").fetchone()[0])
     if request.look_for_cancels:
         answer.cancels = conn.execute(_SQL_CANCEL_REQUESTED).fetchall()
-    expired = recurring = prune = False
+    recurring = prune = False
     if request.housekeeping:
-        expired = conn.execute(_SQL_EXPIRED + " LIMIT 1", (answer.now,)).fetchone() is not None
+        answer.expired = [_Expiry(*row) for row in conn.execute(_SQL_EXPIRED, (answer.now,))]
     if request.housekeeping or request.wants:  # a worker woken at a tick's time fires it then
         recurring = conn.execute(_SQL_RECURRING_DUE + " LIMIT 1", (answer.now,)).fetchone() is not None
     if request.prune_before is not None:
         prune = conn.execute(_SQL_OLD_FINISHED.format(states="'done', 'cancelled'") + " LIMIT 1",
                              (request.prune_before,)).fetchone() is not None
-    if not (request.outcomes or request.wants or expired or recurring or prune or request.compact):
+    if not (request.outcomes or request.wants or request.reap or request.renew or recurring or prune
+            or request.compact):
         answer.next_due = conn.execute(_SQL_NEXT_DUE, (answer.now,)).fetchone()[0]
         return answer
 
@@ -1328,12 +1426,14 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
         # for the lock must not start with a deadline already gone by.
         now = answer.now = clock()
         answer.written, answer.claimed, answer.enqueued = [], {}, []
+        conn.executemany(_SQL_RENEW_DEADLINE, [(now, job_id, lease, left) for job_id, lease, left in request.renew])
         todo = list(request.outcomes)
         # One outcome per attempt: the worker's own, when it has one, wins
         # over the watchdog's (an UPDATE ... FROM would apply either).
         reported = {(outcome.job_id, outcome.lease) for outcome in todo}
-        for row in conn.execute(_SQL_EXPIRED, (now,)).fetchall() if expired else ():
-            if (row[0], row[4]) not in reported:
+        for expiry in request.reap:
+            row = conn.execute(_SQL_REAPABLE, (*expiry, now)).fetchone()
+            if row is not None and (row[0], row[4]) not in reported:
                 error = f"TimeoutError: attempt {row[3]} did not finish within {row[8]} ms (failed by the watchdog)"
                 todo.append(_failure_outcome(row, error, "timeout"))
         finished: dict[tuple[str, str], int] = {}
@@ -1347,7 +1447,7 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
                 state = states.get((outcome.job_id, outcome.lease))
                 if state is None:
                     continue
-                if state != outcome.state:  # a retry of a job whose cancellation was asked for
+                if state != outcome.state:  # a failure of a job whose cancellation was asked for
                     outcome = dataclasses.replace(outcome, state=state, event="cancellation")
                 answer.written.append(outcome)
                 if state in ("done", "dead"):
@@ -1503,6 +1603,7 @@ class Store(_StoreCalls):
         self._wakers: set[Callable[[], None]] = set()
         self._insert_queue: list[tuple[list[NewJob], asyncio.Future]] = []
         self._insert_busy = False
+        self.closed = False
 
     async def _run(self, fn: Callable, *args: Any, write: bool = False) -> Any:
         """Run ``fn(conn, *args)`` on the connection's thread; one hop, one transaction.
@@ -1521,6 +1622,7 @@ class Store(_StoreCalls):
 
     async def close(self) -> None:
         """Close the connection; every acknowledged write is already committed."""
+        self.closed = True
         await self._db.close()
 
     async def __aenter__(self) -> Store:
@@ -1878,8 +1980,21 @@ class _Attempt:
         return self.row[0]
 
     @property
+    def name(self) -> str:
+        return self.row[1]
+
+    @property
     def queue(self) -> str:
         return self.row[2]
+
+    @property
+    def lease(self) -> int:
+        return self.row[5]
+
+    @property
+    def timeout(self) -> float:
+        """Seconds the attempt may run."""
+        return self.row[9] / 1000
 
     def limits(self) -> tuple:
         """The claimed row in the order _failure_outcome reads it."""
@@ -1889,6 +2004,10 @@ class _Attempt:
     def outcome(self, state: str, event: str, **fields: Any) -> _Outcome:
         row = self.row
         return _Outcome(row[0], row[5], state, event, row[1], row[2], row[4], **fields)
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 class _TimeoutGroup:
@@ -1905,6 +2024,43 @@ class _TimeoutGroup:
 
 def _format_error(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+
+
+# The workers that SIGINT and SIGTERM stop, per event loop.  A loop has one
+# handler per signal, so it is installed with the first worker of the loop
+# and removed with the last: one Ctrl-C stops them all.
+_signal_workers: dict[asyncio.AbstractEventLoop, set[Worker]] = {}
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stop_on_signals(loop: asyncio.AbstractEventLoop, worker: Worker) -> bool:
+    """Have SIGINT and SIGTERM stop ``worker``; False where signals cannot be handled."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    workers = _signal_workers.get(loop)
+    if workers is None:
+        def stop_all() -> None:
+            for each in list(_signal_workers.get(loop, ())):
+                each.stop()
+
+        try:
+            for sig in _STOP_SIGNALS:
+                loop.add_signal_handler(sig, stop_all)
+        except (NotImplementedError, RuntimeError):  # Windows, or a loop without signals
+            for sig in _STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+            return False
+        workers = _signal_workers[loop] = set()
+    workers.add(worker)
+    return True
+
+
+def _forget_signals(loop: asyncio.AbstractEventLoop, worker: Worker) -> None:
+    workers = _signal_workers.get(loop, set())
+    workers.discard(worker)
+    if not workers and _signal_workers.pop(loop, None) is not None:
+        for sig in _STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
 
 
 class Worker:
@@ -1969,13 +2125,21 @@ class Worker:
         self._waiter: asyncio.Future | None = None
         self._woken = False
         self._stopping = False
-        self._check_due = True  # something may be claimable: ask the store
+        # Queues that may hold due jobs: asked at their next free slot, and
+        # forgotten only when a claim there came back with fewer than asked.
+        self._unclaimed: set[str] = set(self._capacity)
         self._check_cancels = False  # a cancellation may have been asked for
-        self._backlog: set[str] = set()  # queues whose last claim came back full
-        self._next_due: float | None = None
+        self._next_due: float | None = None  # on the store's clock
+        # The worker's own schedule runs on the monotonic clock, which no
+        # wall-clock step moves.
         self._next_housekeeping = 0.0
-        self._more_to_prune = False
         self._next_compact = 0.0
+        self._more_to_prune = False
+        # Expired attempts of other workers, (id, lease) -> (deadline, first
+        # seen): failed only once seen expired for _WATCHDOG_CONFIRM seconds.
+        self._suspects: dict[tuple[int, int], tuple[float, float]] = {}
+        self._clock_offset: float | None = None  # store clock - monotonic, when deadlines were last right
+        self._in_flight: tuple[_Request, asyncio.Future] | None = None
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watcher: threading.Event | None = None
@@ -2002,25 +2166,32 @@ class Worker:
         """Serve jobs until ``stop()``, SIGINT or SIGTERM, then stop gracefully."""
         loop = self._loop = asyncio.get_running_loop()
         self.state = await self._make_state()
-        signals = self._install_signal_handlers(loop) if handle_signals else []
         self.store._wakers.add(self._notify)
-        await self.store.register_worker(self._id, self._names)
-        self._watcher = self._start_watcher(loop)
-        logger.info("worker started on %s: queues %s, jobs %s", self.store.path, self._capacity, self._names)
+        signals = False
         try:
-            await self._serve()
-        except asyncio.CancelledError:
-            # run() itself was cancelled: hand back what runs and record what
-            # finished, so that nothing waits for the watchdog.
-            await asyncio.shield(self._hand_back_all())
-            raise
+            await self.store.register_worker(self._id, self._names)
+            # Only once the start succeeded: a worker that failed to start
+            # must not leave the process deaf to Ctrl-C.
+            signals = handle_signals and _stop_on_signals(loop, self)
+            self._watcher = self._start_watcher(loop)
+            self._clock_offset = self.store.clock() - time.monotonic()
+            logger.info("worker started on %s: queues %s, jobs %s", self.store.path, self._capacity, self._names)
+            try:
+                await self._serve()
+            except asyncio.CancelledError:
+                # run() itself was cancelled: hand back what runs and record what
+                # finished, so that nothing waits for the watchdog.
+                await asyncio.shield(self._hand_back_all())
+                raise
         finally:
             if self._watcher is not None:
                 self._watcher.set()  # the thread ends within a poll interval
                 self._watcher = None
             self.store._wakers.discard(self._notify)
-            for sig in signals:
-                loop.remove_signal_handler(sig)
+            if signals:
+                _forget_signals(loop, self)
+            for attempt in self._attempts:  # only after an error: nothing can record them now
+                attempt.task.cancel()
             try:
                 await asyncio.shield(self.store.unregister_worker(self._id))
             except (StoreError, asyncio.CancelledError):
@@ -2034,18 +2205,6 @@ class Worker:
             return source
         state = source(self.store)
         return await state if inspect.isawaitable(state) else state
-
-    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> list[int]:
-        if threading.current_thread() is not threading.main_thread():
-            return []
-        installed = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, self.stop)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError):  # Windows, or a loop without signals
-                pass
-        return installed
 
     def _start_watcher(self, loop: asyncio.AbstractEventLoop) -> threading.Event | None:
         """Watch the WAL file for other processes' commits from a thread.
@@ -2100,39 +2259,73 @@ class Worker:
         return woken
 
     def _notify(self) -> None:
-        """Something was enqueued or cancelled in this process: look now."""
-        self._check_due = True
+        """Something was enqueued or cancelled: look now."""
+        self._unclaimed.update(self._capacity)
         self._check_cancels = True
         self._wakeup()
 
     # -- the loop: one round trip to the store at a time -------------------
 
-    def _request(self, now: float) -> _Request:
-        """What to ask of the store this time round."""
+    def _request(self, now: float, mono: float) -> _Request:
+        """What to ask of the store this time round, at ``now`` on the
+        store's clock and ``mono`` on the monotonic one."""
         request = _Request(names=self._names)
+        housekeeping = mono >= self._next_housekeeping
+        if housekeeping:
+            self._next_housekeeping = mono + _WATCHDOG_INTERVAL
         if not self._stopping:
             if self._next_due is not None and now >= self._next_due:
-                self._check_due = True
+                self._unclaimed.update(self._capacity)
                 self._next_due = None
-            for queue, capacity in self._capacity.items():
-                free = capacity - self._running[queue]
-                if free > 0 and (self._check_due or queue in self._backlog):
+            for queue in self._unclaimed:
+                free = self._capacity[queue] - self._running[queue]
+                if free > 0:
                     request.wants[queue] = free
             if request.wants:
-                self._check_due = False
                 self.claims += 1
-            if now >= self._next_housekeeping:
-                self._next_housekeeping = now + _WATCHDOG_INTERVAL
+            if housekeeping:
                 request.housekeeping = True
+                request.reap = [_Expiry(job_id, lease, deadline)
+                                for (job_id, lease), (deadline, seen) in self._suspects.items()
+                                if mono - seen >= _WATCHDOG_CONFIRM]
             if request.housekeeping or self._more_to_prune:
                 request.prune_before = now - self.store.keep_done
-            if now >= self._next_compact:
-                self._next_compact = now + 6 * 3600
+            if mono >= self._next_compact:
+                self._next_compact = mono + 6 * 3600
                 request.compact = True
+        # The wall clock stepped (or an injected one moved): say again, in
+        # its new time, when each running attempt runs out, so that no
+        # watchdog takes a live attempt for a dead one.
+        offset = now - mono
+        if not self._attempts:
+            self._clock_offset = offset
+        elif self._clock_offset is None or abs(offset - self._clock_offset) > _CLOCK_STEP:
+            request.renew = [(a.job_id, a.lease, a.timeout - (mono - a.started)) for a in self._attempts]
+            self._clock_offset = offset
         request.look_for_cancels = self._check_cancels and bool(self._attempts)
         self._check_cancels = False
         request.outcomes, self._outcomes = self._outcomes, []
         return request
+
+    def _request_failed(self, request: _Request) -> None:
+        """Nothing of ``request`` was written: ask for all of it again."""
+        self._outcomes[:0] = request.outcomes
+        self._unclaimed.update(request.wants)
+        self._check_cancels |= request.look_for_cancels
+        if request.renew:
+            self._clock_offset = None
+        if request.housekeeping:
+            self._next_housekeeping = 0.0
+
+    async def _round_trip(self, request: _Request) -> _Exchange:
+        """The store's answer to ``request``.  Shielded: if run() is cancelled
+        meanwhile, the trip still ends, and _hand_back_all hands back what it
+        claimed instead of leaving those jobs running for the watchdog."""
+        trip = asyncio.ensure_future(self.store.exchange(request))
+        self._in_flight = (request, trip)
+        answer = await asyncio.shield(trip)
+        self._in_flight = None
+        return answer
 
     async def _serve(self) -> None:
         store = self.store
@@ -2149,37 +2342,44 @@ class Worker:
                     await self._abandon_running()
                 if not self._attempts and not self._outcomes:
                     return
-            request = self._request(store.clock())
-            if (request.outcomes or request.wants or request.housekeeping or request.look_for_cancels
-                    or request.prune_before is not None):
+            request = self._request(store.clock(), time.monotonic())
+            if not request.asks_nothing():
                 try:
-                    answer = await store.exchange(request)
-                except StoreError as exc:
+                    answer = await self._round_trip(request)
+                except Exception as exc:
+                    self._in_flight = None
+                    self._request_failed(request)
+                    if store.closed:
+                        raise StoreError(f"the store for {store.path!r} was closed while its worker ran: "
+                                         "stop the worker first, then close the store") from None
                     # Nothing was written: keep the outcomes and try again.
                     # Fencing makes a late write harmless, so none is lost.
                     failures += 1
-                    self._outcomes[:0] = request.outcomes
-                    self._check_due |= bool(request.wants)
-                    self._check_cancels |= request.look_for_cancels
                     if stop_deadline is not None and loop.time() >= stop_deadline and failures >= 3:
                         logger.error("giving up on recording %d outcome(s) while stopping: %s; the watchdog "
                                      "will retry those jobs", len(self._outcomes), exc)
                         self._outcomes.clear()
                         return
-                    logger.warning("store round trip failed (try %d), retrying: %s", failures, exc)
+                    if isinstance(exc, StoreError):
+                        logger.warning("store round trip failed (try %d), retrying: %s", failures, exc)
+                    else:  # a bug of ours: say all there is, but keep serving
+                        logger.exception("store round trip failed (try %d), retrying", failures)
                     await asyncio.sleep(min(0.05 * 2**failures, 2.0))
                     continue
                 failures = 0
                 self._take_answer(request, answer)
-                changed = last_version is not None and answer.data_version != last_version
-                last_version = answer.data_version
-                if changed:  # another process committed
+                if last_version is not None and answer.data_version != last_version:
+                    # Another connection committed: claims of this trip saw it,
+                    # the other queues look again.
                     self._check_cancels = True
-                    if not request.wants:  # (a claim in this trip saw that commit)
-                        self._check_due = True
+                    unseen = set(self._capacity) - set(request.wants)
+                    if not unseen <= self._unclaimed:
+                        self._unclaimed |= unseen
+                        last_version = answer.data_version
                         continue
-                if self._outcomes or self._more_to_prune or any(
-                        q in self._backlog and self._running[q] < c for q, c in self._capacity.items()):
+                last_version = answer.data_version
+                if self._outcomes or self._more_to_prune or not self._stopping and any(
+                        self._running[q] < self._capacity[q] for q in self._unclaimed):
                     await asyncio.sleep(0)  # let finished jobs report, then go again
                     continue
 
@@ -2187,11 +2387,11 @@ class Worker:
             # wakes for due times and the once-a-second housekeeping.
             watched = self._watcher is not None and not self._watch_blind
             timeout = _WATCHDOG_INTERVAL if watched else self.poll_interval
-            timeout = min(timeout, max(self._next_housekeeping - store.clock(), 0.0))
+            timeout = min(timeout, max(self._next_housekeeping - time.monotonic(), 0.0))
             if self._next_due is not None:
                 timeout = min(timeout, max(self._next_due - store.clock(), 0.0))
-            if stop_deadline is not None:
-                timeout = min(timeout, max(stop_deadline - loop.time(), 0.0))
+            if stop_deadline is not None and stop_deadline > loop.time():
+                timeout = min(timeout, stop_deadline - loop.time())
             if not await self._sleep(timeout) and not watched and (not self._stopping or self._attempts):
                 try:  # no file to watch (an in-memory database): ask SQLite
                     version = await store.data_version()
@@ -2199,33 +2399,43 @@ class Worker:
                     logger.warning("could not check the database for changes: %s", exc)
                 else:
                     if version != last_version:
-                        self._check_due = self._check_cancels = True
+                        self._unclaimed.update(self._capacity)
+                        self._check_cancels = True
                         last_version = version
 
     def _take_answer(self, request: _Request, answer: _Exchange) -> None:
         emit = self.store._emit
-        self._next_due = answer.next_due
+        # The store's next_due only sees jobs due later than its now.  A due
+        # time this worker knew stays known unless this trip claimed in every
+        # queue: a trip that reached the store late must not erase it.
+        known = None if len(request.wants) == len(self._capacity) else self._next_due
+        self._next_due = _earliest(known, answer.next_due)
         self._more_to_prune = answer.more_to_prune
+        if request.housekeeping:
+            mono = time.monotonic()
+            own = {(attempt.job_id, attempt.lease) for attempt in self._attempts}
+            suspects = {}
+            for job_id, lease, deadline in answer.expired:
+                if (job_id, lease) not in own:
+                    seen_deadline, seen = self._suspects.get((job_id, lease), (None, mono))
+                    suspects[job_id, lease] = (deadline, seen if seen_deadline == deadline else mono)
+            self._suspects = suspects
         for job_id, name, queue in answer.enqueued:
             emit(Event("enqueue", job_id, name, queue))
         for outcome in answer.written:
             self._emit_outcome(outcome)
             if outcome.state == "pending" and outcome.delay is not None:
-                # The store's next_due only sees jobs due later than now; a
-                # retry due at once must wake us too.
-                due = answer.now + outcome.delay
-                self._next_due = due if self._next_due is None else min(self._next_due, due)
+                # A retry due at once, or before the store's next_due.
+                self._next_due = _earliest(self._next_due, answer.now + outcome.delay)
         if answer.cancels:
             asked = set(answer.cancels)
             for attempt in list(self._attempts):
-                if (attempt.job_id, attempt.row[5]) in asked:
+                if (attempt.job_id, attempt.lease) in asked:
                     self._cancel_attempt(attempt)
         groups: dict[int, _TimeoutGroup] = {}
         for queue, rows in answer.claimed.items():
-            if len(rows) == request.wants[queue]:
-                self._backlog.add(queue)
-            else:
-                self._backlog.discard(queue)
+            if len(rows) < request.wants[queue]:
+                self._unclaimed.discard(queue)
             for row in rows:
                 group = groups.get(row[9])
                 if group is None:
@@ -2385,8 +2595,21 @@ class Worker:
         self._wakeup()
 
     async def _abandon_running(self) -> None:
-        """Shutdown timeout passed: cancel what still runs and hand it back unspent."""
-        attempts = list(self._attempts)
+        """Shutdown timeout passed: cancel what still runs and hand it back unspent.
+
+        A ``def run`` job is left to finish: its thread cannot be stopped,
+        and handing the job back would run it twice.  Its TIMEOUT still
+        bounds it, so the stop still ends.
+        """
+        attempts = [a for a in self._attempts if not a.stopping and not self._sync_run[a.name]]
+        threads = [a for a in self._attempts if not a.stopping and self._sync_run[a.name]]
+        for attempt in threads:
+            attempt.stopping = True
+        if threads:
+            logger.warning("shutdown timeout: waiting for %d job(s) running in threads, which cannot be "
+                           "cancelled; each stops at its TIMEOUT at the latest", len(threads))
+        if not attempts:
+            return
         logger.warning("shutdown timeout: returning %d running job(s) to pending", len(attempts))
         for attempt in attempts:
             attempt.stopping = True
@@ -2397,7 +2620,24 @@ class Worker:
                 self._record(attempt.outcome("pending", "requeue", uncount=1))
 
     async def _hand_back_all(self) -> None:
+        """run() was cancelled: hand back every attempt, those of a claim
+        still in flight too, and record what finished."""
+        if self._in_flight is not None:
+            request, trip = self._in_flight
+            self._in_flight = None
+            try:
+                answer = await trip
+            except Exception:
+                self._outcomes[:0] = request.outcomes
+            else:
+                for rows in answer.claimed.values():
+                    self._outcomes.extend(_Attempt(row, None, self.store).outcome("pending", "requeue", uncount=1)
+                                          for row in rows)
         for attempt in list(self._attempts):
+            if self._sync_run[attempt.name]:
+                # Its thread runs on; handing it back would run it twice.
+                # The watchdog fails the attempt at its TIMEOUT if it never reports.
+                continue
             attempt.stopping = True
             attempt.task.cancel()
             if self._settle(attempt):
