@@ -16,7 +16,7 @@ Every database is a durable file in WAL mode with synchronous=NORMAL, the
 litejobs defaults.  Scratch files go in a fresh folder under --dir and are
 removed at the end.  Nothing here asserts anything about time: it only prints.
 
-Groups (for --only): enqueue, drain, e2e, latency, scale, size.
+Groups (for --only): enqueue, drain, e2e, latency, scale, size, claim.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ import orjson
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import litejobs  # noqa: E402  (imported from this script's own folder)
 
-GROUPS = ("enqueue", "drain", "e2e", "latency", "scale", "size")
+GROUPS = ("enqueue", "drain", "e2e", "latency", "scale", "size", "claim")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,14 +66,16 @@ class Plan:
     idle_seconds: float = 10.0  # idle worker's CPU measured over this long
     big: int = 1_000_000  # scale and size: the big queue (measured once)
     small: int = 10_000  # ... against this one (median of `runs`)
+    strangers: int = 200_000  # claim: pending jobs of a name the worker does not know
+    claims: int = 200  # claim: enqueue-and-claim round trips timed per run
 
 
 FULL = Plan()
 QUICK = Plan(runs=1, one_by_one=300, concurrent=1_000, many=2_000, drain=1_000, e2e_seconds=1.0,
-             pickups=10, idle_seconds=1.0, big=20_000, small=2_000)
+             pickups=10, idle_seconds=1.0, big=20_000, small=2_000, strangers=20_000, claims=50)
 # Tiny sizes, for the test suite's check that the script still runs end to end.
 SMOKE = Plan(runs=1, one_by_one=20, concurrent=100, many=100, drain=100, e2e_seconds=0.3,
-             pickups=3, idle_seconds=0.2, big=1_000, small=200)
+             pickups=3, idle_seconds=0.2, big=1_000, small=200, strangers=200, claims=5)
 
 DRAIN_CONCURRENCIES = (1, 16, 256)
 WORKER_CONCURRENCY = 256  # the worker's concurrency in e2e, two processes and scale
@@ -1019,6 +1021,42 @@ def group_size(b: Bench) -> None:
         line(big, f"{label} file after {p.big:,} jobs", r[f"{kind}.big.size"], "MB",
              vs=((f"{p.small:,} jobs", small),) + (() if kind == "raw" else (("raw sqlite3", f"size.raw_{p.big}"),)),
              note=once)
+
+
+# --------------------------------------------------------------------------
+# claim: the cost of a claim beside many pending jobs of other names
+# --------------------------------------------------------------------------
+
+
+async def lj_claim_beside(path: str, strangers: int, claims: int) -> float:
+    """p50 ms of one enqueue and the claim that takes it, with ``strangers``
+    pending jobs of a name this worker does not know, at a higher priority."""
+    async with litejobs.connect(path) as store:
+        other = litejobs.NewJob("somebody_elses", "default", "{}", litejobs.Count(0), litejobs.Linear(0),
+                                15_000, priority=9)
+        for start in range(0, strangers, 10_000):
+            await store.enqueue_many([other] * min(10_000, strangers - start))
+        request = litejobs._Request(wants={"default": 1}, names=[Noop.NAME])
+        times = []
+        for _ in range(claims):
+            began = time.perf_counter()
+            await store.enqueue(Noop())
+            await store.exchange(request)
+            times.append((time.perf_counter() - began) * 1000)
+    return percentile(times, 50)
+
+
+def group_claim(b: Bench) -> None:
+    p, line = b.plan, b.report.line
+    b.report.group(f"claim beside strangers (enqueue + claim p50 of {p.claims}, with pending jobs of another "
+                   "name at a higher priority)")
+    s = interleave(p.runs, {
+        "alone": lambda: asyncio.run(lj_claim_beside(b.path("claim-alone"), 0, p.claims)),
+        "beside": lambda: asyncio.run(lj_claim_beside(b.path("claim-beside"), p.strangers, p.claims)),
+    })
+    line("claim.alone", "enqueue + claim, no other jobs", s["alone"], "ms")
+    line("claim.beside", f"enqueue + claim beside {p.strangers:,} of another name", s["beside"], "ms",
+         vs=(("no other jobs", "claim.alone"),))
 
 
 # --------------------------------------------------------------------------
