@@ -1582,22 +1582,27 @@ class Store(_StoreCalls):
             self._start_insert_writer()
 
     async def _write_insert_batch(self, batch: list[tuple[list[NewJob], asyncio.Future]]) -> None:
+        """Write the batch in one transaction and tell every caller.  Errors
+        go to the callers, never out of the task, which nobody awaits."""
         rows = [row for rows, _ in batch for row in rows]
         try:
-            ids = await self._run(_insert_jobs, rows, self.clock, write=True)
-        except StoreError as exc:
-            if len(batch) == 1:
-                _set_future(batch[0][1], None, exc)
+            try:
+                ids = await self._run(_insert_jobs, rows, self.clock, write=True)
+            except Exception as exc:  # StoreError, or a value the driver cannot bind
+                if len(batch) == 1:
+                    _set_future(batch[0][1], None, exc)
+                    return
+                # Someone's rows broke the shared transaction: write each
+                # caller's alone, so that only the guilty one hears of it.
+                for caller_rows, waiter in batch:
+                    try:
+                        caller_ids = await self._run(_insert_jobs, caller_rows, self.clock, write=True)
+                    except Exception as caller_exc:
+                        _set_future(waiter, None, caller_exc)
+                    else:
+                        _set_future(waiter, caller_ids, None)
                 return
-            # Someone's rows broke the shared transaction: write each
-            # caller's alone, so that only the guilty one hears of it.
-            for caller_rows, waiter in batch:
-                try:
-                    _set_future(waiter, await self._run(_insert_jobs, caller_rows, self.clock, write=True), None)
-                except StoreError as caller_exc:
-                    _set_future(waiter, None, caller_exc)
-            return
-        except BaseException as exc:  # every caller of this transaction hears of it
+        except BaseException as exc:  # cancelled: every caller not yet answered hears of it
             for _, waiter in batch:
                 _set_future(waiter, None, exc)
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sqlite3
@@ -1693,6 +1694,41 @@ def test_recurring_ticks_enqueued_exactly_once_across_three_processes(tmp_path, 
     # whole interval would coalesce, so a step of 2 s is allowed, not 0.)
     assert all(step >= 1.0 and step == int(step) for step in steps), steps
     assert steps.count(1.0) >= len(steps) - 1
+
+
+# -- defects: the store's edges ---------------------------------------------------
+
+
+def _loop_error_reports():
+    """Collect what the running loop would print (such as "Task exception was never retrieved")."""
+    reports = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: reports.append(context["message"]))
+    return reports
+
+
+def test_any_error_in_a_shared_transaction_fails_only_the_caller_whose_rows_caused_it(db, monkeypatch):
+    insert = litejobs._insert_jobs
+
+    def picky_insert(conn, rows, clock):
+        if any("poison" in row.payload for row in rows):  # not a StoreError: what binding a bad value raises
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return insert(conn, rows, clock)
+
+    monkeypatch.setattr(litejobs, "_insert_jobs", picky_insert)
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            reports = _loop_error_reports()
+            results = await asyncio.gather(*(store.enqueue(Echo("poison" if i == 5 else i)) for i in range(10)),
+                                           return_exceptions=True)
+            assert [type(r).__name__ for r in results] == ["int"] * 5 + ["OverflowError"] + ["int"] * 4
+            stored = sorted([(await store.get(r)).payload["value"] for r in results if isinstance(r, int)])
+            assert stored == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+            gc.collect()
+            await asyncio.sleep(0)
+            assert reports == []
+
+    run(main())
 
 
 # -- the command line ------------------------------------------------------------
