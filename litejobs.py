@@ -113,6 +113,18 @@ _SCHEMA_VERSION = 1
 _BUSY_TIMEOUT_MS = 5_000
 _GIVE_UP_AFTER = 60.0
 
+# The limits on what a job row may hold.  SQLite integers are 64-bit, and a
+# due time must read back as a datetime (years 1 to 9999), so values beyond
+# these are refused when the job is built, with an error naming the job:
+# refused, never capped in silence, because a date or a limit the caller
+# wrote must not quietly become another.  A century is the same "as good as
+# never" that _retry_decision caps retry delays at.
+_MAX_DELAY = 3.2e9  # seconds, about a century: delay= and every()'s interval
+_LATEST_DUE = 221_845_392_000.0  # 9000-01-01 UTC: run_at= and schedule(at=) must be earlier;
+#                                  the margin keeps read-back times convertible to any time zone
+_MAX_TIMEOUT_MS = 3_200_000_000_000  # a century of milliseconds: TIMEOUT and timeout()
+_MAX_COUNT = 2**63 - 1  # Count(n): SQLite's largest integer
+
 # The watchdog fails a running attempt this long after its TIMEOUT ran out.
 # The grace covers the owning worker's own in-process timeout, which records
 # the failure itself; the watchdog is for processes that died or froze.
@@ -372,8 +384,9 @@ class Count(MaxRetries):
     __slots__ = ("n",)
 
     def __init__(self, n: int) -> None:
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise JobDefinitionError(f"Count(n) needs a whole number >= 0, got {n!r}")
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= _MAX_COUNT:
+            raise JobDefinitionError(f"Count(n) needs a whole number from 0 to 2**63 - 1 "
+                                     f"(SQLite's largest integer), got {n!r}")
         self.n = n
 
     def as_column(self) -> int:
@@ -493,15 +506,28 @@ class JobState(str, Enum):
         return self.value
 
 
+def _is_utf8(text: str) -> bool:
+    """False for a str SQLite cannot store, one holding a lone surrogate like '\\ud800'."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_timeout(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_TIMEOUT_MS
+
+
 def _check_job_constants(cls: type) -> None:
     """Raise JobDefinitionError for a class constant of the wrong kind."""
     where = f"job class {cls.__qualname__}"
     name = cls.__dict__.get("NAME")
-    if name is not None and (not isinstance(name, str) or not name):
-        raise JobDefinitionError(f"{where}: NAME must be a non-empty str, got {name!r}")
+    if name is not None and (not isinstance(name, str) or not name or not _is_utf8(name)):
+        raise JobDefinitionError(f"{where}: NAME must be a non-empty str of valid UTF-8 text, got {name!r}")
     queue = cls.QUEUE
-    if not isinstance(queue, str) or not queue:
-        raise JobDefinitionError(f"{where}: QUEUE must be a non-empty str, got {queue!r}")
+    if not isinstance(queue, str) or not queue or not _is_utf8(queue):
+        raise JobDefinitionError(f"{where}: QUEUE must be a non-empty str of valid UTF-8 text, got {queue!r}")
     if not isinstance(cls.MAX_RETRIES, MaxRetries):
         raise JobDefinitionError(
             f"{where}: MAX_RETRIES must be litejobs.Count(n) or litejobs.Infinite, got {cls.MAX_RETRIES!r}"
@@ -511,8 +537,9 @@ def _check_job_constants(cls: type) -> None:
             f"{where}: BACKOFF must be litejobs.Linear(secs) or litejobs.Exponential(base), got {cls.BACKOFF!r}"
         )
     timeout = cls.TIMEOUT
-    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
-        raise JobDefinitionError(f"{where}: TIMEOUT must be a positive int of milliseconds, got {timeout!r}")
+    if not _is_timeout(timeout):
+        raise JobDefinitionError(f"{where}: TIMEOUT must be a positive int of milliseconds, "
+                                 f"at most {_MAX_TIMEOUT_MS} (a century), got {timeout!r}")
 
 
 class Job:
@@ -654,11 +681,36 @@ def _seconds(value: Any, what: str) -> float:
     """A delay given as seconds or a timedelta, as float seconds >= 0."""
     if isinstance(value, timedelta):
         value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _is_finite(value):
         raise ValueError(f"{what} must be seconds or a timedelta, got {value!r}")
     if value < 0:
         raise ValueError(f"{what} must not be negative, got {value!r}")
     return float(value)
+
+
+def _is_finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for any float
+        return False
+
+
+def _delay_seconds(value: Any, what: str) -> float:
+    """A delay as for ``_seconds``, at most _MAX_DELAY, so that the due time reads back."""
+    seconds = _seconds(value, what)
+    if seconds > _MAX_DELAY:
+        raise ValueError(f"{what} of {seconds:g}s is too long: the limit is {_MAX_DELAY:g}s (about a "
+                         "century); a job that should never run need not be stored")
+    return seconds
+
+
+def _due_epoch(when: Any, where: str) -> float:
+    """run_at= as epoch seconds, refused at or after _LATEST_DUE so that it reads back."""
+    epoch = _epoch(when, f"{where}: run_at")
+    if epoch >= _LATEST_DUE:
+        raise ValueError(f"{where}: run_at {when.isoformat()} is too late: due times must be before "
+                         "the year 9000 (UTC)")
+    return epoch
 
 
 def _epoch(when: datetime, what: str) -> float:
@@ -677,8 +729,20 @@ def _checked_at(at: Any) -> datetime:
     return at
 
 
+_DATETIME_MAX = datetime.max.replace(tzinfo=timezone.utc)
+_DATETIME_MIN = datetime.min.replace(tzinfo=timezone.utc)
+
+
 def _datetime(epoch: float | None) -> datetime | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc)
+    if epoch is None:
+        return None
+    try:
+        return datetime.fromtimestamp(epoch, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        # Beyond datetime's years 1 to 9999: only a row edited by hand (new
+        # jobs are refused such times).  Clamped, so that the row can still
+        # be read, listed, retried or purged.
+        return _DATETIME_MAX if epoch > 0 else _DATETIME_MIN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -725,6 +789,12 @@ def new_job(
         raise ValueError(f"{where}: priority must be an int, got {priority!r}")
     if unique_key is not None and not isinstance(unique_key, str):
         raise ValueError(f"{where}: unique_key must be a str, got {unique_key!r}")
+    if unique_key is not None and not _is_utf8(unique_key):
+        raise SerializationError(f"{where}: unique_key {unique_key!r} is not valid UTF-8 text "
+                                 "(it holds a lone surrogate); give a str SQLite can store")
+    if queue is not None and not _is_utf8(queue):
+        raise SerializationError(f"{where}: queue {queue!r} is not valid UTF-8 text "
+                                 "(it holds a lone surrogate); give a str SQLite can store")
     if _limits_are_class_constants(cls):
         queue = cls.QUEUE if queue is None else queue
         max_retries, backoff, timeout = cls.MAX_RETRIES, cls.BACKOFF, cls.TIMEOUT
@@ -734,12 +804,16 @@ def new_job(
             queue = job.queue()
             if not isinstance(queue, str) or not queue:
                 raise JobDefinitionError(f"{where}: queue() returned {queue!r}, not a non-empty str")
+            if not _is_utf8(queue):
+                raise SerializationError(f"{where}: queue() returned {queue!r}, which is not valid UTF-8 "
+                                         "text (it holds a lone surrogate); return a str SQLite can store")
         if not isinstance(max_retries, MaxRetries):
             raise JobDefinitionError(f"{where}: max_retries() returned {max_retries!r}, not Count(n) or Infinite")
         if not isinstance(backoff, Backoff):
             raise JobDefinitionError(f"{where}: backoff_strategy() returned {backoff!r}, not Linear or Exponential")
-        if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
-            raise JobDefinitionError(f"{where}: timeout() returned {timeout!r}, not a positive int of milliseconds")
+        if not _is_timeout(timeout):
+            raise JobDefinitionError(f"{where}: timeout() returned {timeout!r}, not a positive int of "
+                                     f"milliseconds up to {_MAX_TIMEOUT_MS} (a century)")
     return NewJob(
         name=cls.NAME,
         queue=queue,
@@ -749,8 +823,8 @@ def new_job(
         timeout=timeout,
         priority=priority,
         unique_key=unique_key,
-        run_at=None if run_at is None else _epoch(run_at, f"{where}: run_at"),
-        delay=0.0 if delay is None else _seconds(delay, f"{where}: delay"),
+        run_at=None if run_at is None else _due_epoch(run_at, where),
+        delay=0.0 if delay is None else _delay_seconds(delay, f"{where}: delay"),
     )
 
 
@@ -1475,13 +1549,16 @@ class _StoreCalls:
 
     def every(self, interval: float | timedelta, job: Job, *, key: str | None = None) -> Any:
         """Enqueue ``job`` every ``interval`` (at least 1 s), under ``key`` (default: its NAME)."""
-        seconds = _seconds(interval, "interval")
+        seconds = _delay_seconds(interval, "interval")
         if seconds < 1:
             raise ValueError(f"interval must be at least 1 second, got {seconds:g}s")
         row = new_job(job)
         key = row.name if key is None else key
         if not isinstance(key, str) or not key:
             raise ValueError(f"key must be a non-empty str, got {key!r}")
+        if not _is_utf8(key):
+            raise SerializationError(f"key {key!r} is not valid UTF-8 text (it holds a lone surrogate); "
+                                     "give a str SQLite can store")
         return self._run(_set_recurring, key, seconds, row, self.clock, write=True)
 
     def unschedule(self, key: str) -> Any:

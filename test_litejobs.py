@@ -1706,6 +1706,24 @@ def _loop_error_reports():
     return reports
 
 
+def test_one_bad_value_in_a_group_commit_fails_only_its_caller(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            reports = _loop_error_reports()
+            results = await asyncio.gather(
+                *(store.enqueue(Echo(i), unique_key="\ud800" if i == 5 else None) for i in range(10)),
+                return_exceptions=True)
+            assert isinstance(results[5], litejobs.SerializationError), results
+            assert "job 'echo': unique_key '\\ud800' is not valid UTF-8 text" in str(results[5])
+            stored = sorted([(await store.get(r)).payload["value"] for r in results if isinstance(r, int)])
+            assert stored == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+            gc.collect()
+            await asyncio.sleep(0)
+            assert reports == []
+
+    run(main())
+
+
 def test_any_error_in_a_shared_transaction_fails_only_the_caller_whose_rows_caused_it(db, monkeypatch):
     insert = litejobs._insert_jobs
 
@@ -1729,6 +1747,107 @@ def test_any_error_in_a_shared_transaction_fails_only_the_caller_whose_rows_caus
             assert reports == []
 
     run(main())
+
+
+def test_strings_sqlite_cannot_store_are_refused_when_the_job_is_built(db):
+    surrogate = "\ud800"
+
+    @dataclass
+    class QueueFromPayload(litejobs.Job):
+        NAME = "queue_from_payload"
+        target: str
+
+        def queue(self):
+            return self.target
+
+        async def run(self, state):
+            pass
+
+    for build in (lambda: litejobs.new_job(Noop(), queue=surrogate),
+                  lambda: litejobs.new_job(Noop(), unique_key="key-" + surrogate),
+                  lambda: litejobs.new_job(QueueFromPayload(surrogate))):
+        with pytest.raises(litejobs.SerializationError, match="is not valid UTF-8 text"):
+            build()
+    with pytest.raises(litejobs.SerializationError, match="job 'echo', field 'value'"):
+        litejobs.new_job(Echo(["fine", surrogate]))
+    with pytest.raises(litejobs.JobDefinitionError, match="QUEUE must be a non-empty str of valid UTF-8 text"):
+        type("Broken", (litejobs.Job,), {"NAME": "broken", "QUEUE": surrogate})
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            with pytest.raises(litejobs.SerializationError, match="key '\\\\ud800' is not valid UTF-8 text"):
+                await store.every(60, Noop(), key=surrogate)
+            with pytest.raises(litejobs.SerializationError):
+                await store.enqueue(Noop(), queue=surrogate)
+            assert await store.jobs() == []
+
+    run(main())
+
+
+def test_limits_beyond_sqlite_integers_are_definition_errors():
+    with pytest.raises(litejobs.JobDefinitionError, match="Count\\(n\\) needs a whole number from 0 to 2\\*\\*63 - 1"):
+        litejobs.Count(2**63)
+    assert litejobs.Count(2**63 - 1).as_column() == 2**63 - 1
+    for timeout in (2**63, 10**30, litejobs._MAX_TIMEOUT_MS + 1):
+        with pytest.raises(litejobs.JobDefinitionError, match="TIMEOUT must be a positive int of milliseconds, at most"):
+            type("Broken", (litejobs.Job,), {"NAME": "broken", "TIMEOUT": timeout})
+
+    @dataclass
+    class HugeTimeout(litejobs.Job):
+        NAME = "huge_timeout"
+
+        def timeout(self):
+            return 2**63
+
+        async def run(self, state):
+            pass
+
+    with pytest.raises(litejobs.JobDefinitionError, match="timeout\\(\\) returned 9223372036854775808, not a positive"):
+        litejobs.new_job(HugeTimeout())
+
+
+def test_due_times_datetime_cannot_read_back_are_refused_at_enqueue(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            with pytest.raises(ValueError, match="job 'noop': delay of 1e\\+12s is too long: the limit is 3.2e\\+09s"):
+                await store.enqueue(Noop(), delay=10**12)
+            with pytest.raises(ValueError, match="delay must be seconds or a timedelta"):
+                await store.enqueue(Noop(), delay=10**400)  # beyond any float
+            with pytest.raises(ValueError, match="job 'noop': run_at 9999-12-31T23:59:00\\+00:00 is too late: due "
+                                                 "times must be before the year 9000"):
+                await store.schedule(Noop(), at=datetime(9999, 12, 31, 23, 59, tzinfo=timezone.utc))
+            with pytest.raises(ValueError, match="interval of 1e\\+12s is too long"):
+                await store.every(10**12, Noop())
+            assert await store.jobs() == []
+            # Up to the limits, every due time reads back.
+            await store.enqueue(Noop(), delay=litejobs._MAX_DELAY)
+            last = datetime(8999, 12, 31, 23, 59, tzinfo=timezone.utc)
+            assert (await store.get(await store.schedule(Noop(), at=last))).run_at == last
+            assert len(await store.jobs()) == 2
+
+    run(main())
+
+
+def test_a_hand_edited_time_beyond_datetime_still_reads(capsys, db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            ids = [await store.enqueue(Noop()) for _ in range(3)]
+            # Far future, infinity, far past: none can be a datetime.
+            for job_id, run_at in zip(ids, ("1e20", "9e999", "-1e20")):
+                await store._db.execute(f"UPDATE litejobs_jobs SET run_at = {run_at} WHERE id = {job_id}")
+            infos = [await store.get(job_id) for job_id in ids]
+            utc_max = datetime.max.replace(tzinfo=timezone.utc)
+            assert [info.run_at for info in infos] == [utc_max, utc_max, datetime.min.replace(tzinfo=timezone.utc)]
+            assert len(await store.jobs()) == 3
+            with pytest.raises(TimeoutError):
+                await store.wait(ids[0], timeout=0)
+            return ids
+
+    ids = run(main())
+    code, out, err = _cli(capsys, "--db", db, "jobs")
+    assert code == 0 and err == "" and len(out.splitlines()) == 4
+    code, out, _ = _cli(capsys, "--db", db, "show", str(ids[0]))
+    assert code == 0 and "9999-12-31T23:59:59.999999+00:00" in out
 
 
 # -- the command line ------------------------------------------------------------
