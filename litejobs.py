@@ -974,11 +974,13 @@ def _create_private_file(path: str) -> None:
     if path == ":memory:" or path.startswith("file:"):
         return
     try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        # The real path: O_EXCL does not follow a symlink, and SQLite would
+        # create the file it points to with the default mode.
+        os.close(os.open(os.path.realpath(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
         pass
     except FileNotFoundError:
-        folder = os.path.dirname(os.path.abspath(path))
+        folder = os.path.dirname(os.path.realpath(path))
         raise StoreError(f"cannot create {path!r}: folder {folder!r} does not exist") from None
     except OSError as exc:
         raise StoreError(f"cannot create {path!r}: {exc.strerror}") from None
@@ -1509,12 +1511,14 @@ def _check_state(state: Any, allowed: Iterable[str], what: str) -> str | None:
 class _StoreCalls:
     """The calls the async Store and the sync twin share, written once.
 
-    Each returns ``self._run(...)``: on the Store that is awaitable, on the
+    Each returns ``self._run(...)``, or ``self._run_and_wake(...)`` for a
+    write that may make a job due: on the Store that is awaitable, on the
     sync twin it is the answer itself.
     """
 
     clock: Callable[[], float]
     _run: Callable[..., Any]
+    _run_and_wake: Callable[..., Any]  # _run for a write that may make a job due now
 
     def get(self, job_id: int) -> Any:
         """The job's current row as a JobInfo, or None if there is no such id."""
@@ -1536,11 +1540,11 @@ class _StoreCalls:
 
     def retry(self, job_id: int) -> Any:
         """Put a done, dead or cancelled job back to pending with attempts reset; 1 if it was."""
-        return self._run(_retry_jobs, job_id, None, self.clock, write=True)
+        return self._run_and_wake(_retry_jobs, job_id, None, self.clock, write=True)
 
     def retry_dead(self, queue: str | None = None) -> Any:
         """Put every dead job (of ``queue``) back to pending; returns how many."""
-        return self._run(_retry_jobs, None, queue, self.clock, write=True)
+        return self._run_and_wake(_retry_jobs, None, queue, self.clock, write=True)
 
     def purge(self, *, state: str | JobState, older_than: float | timedelta = 0) -> Any:
         """Delete done, dead or cancelled jobs that finished over ``older_than`` ago; returns how many."""
@@ -1559,7 +1563,7 @@ class _StoreCalls:
         if not _is_utf8(key):
             raise SerializationError(f"key {key!r} is not valid UTF-8 text (it holds a lone surrogate); "
                                      "give a str SQLite can store")
-        return self._run(_set_recurring, key, seconds, row, self.clock, write=True)
+        return self._run_and_wake(_set_recurring, key, seconds, row, self.clock, write=True)
 
     def unschedule(self, key: str) -> Any:
         """Remove a recurring schedule; True if there was one."""
@@ -1575,7 +1579,9 @@ class Store(_StoreCalls):
         self.path = path
         self.clock = clock
         self.keep_done = keep_done
-        self._wal_path = os.path.abspath(path) + "-wal"  # absolute: the process may chdir
+        # The real path: SQLite follows a symlink and keeps the WAL beside
+        # the file it points to.  Absolute, because the process may chdir.
+        self._wal_path = os.path.realpath(path) + "-wal"
         self._event_callbacks: list[Callable[[Event], Any]] = []
         self._wakers: set[Callable[[], None]] = set()
         self._insert_queue: list[tuple[list[NewJob], asyncio.Future]] = []
@@ -1595,6 +1601,14 @@ class Store(_StoreCalls):
             return await self._db._execute(_with_retries, conn, fn, *args, write=write)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
+
+    async def _run_and_wake(self, fn: Callable, *args: Any, write: bool = False) -> Any:
+        """``_run``, then wake this store's workers: the write may have made a
+        job due now, and a worker never sees its own connection's commits
+        in data_version, nor, where there is no -wal file, in the file."""
+        result = await self._run(fn, *args, write=write)
+        self._wake_workers()
+        return result
 
     async def close(self) -> None:
         """Close the connection; every acknowledged write is already committed."""
@@ -1863,7 +1877,7 @@ class SyncStore(_StoreCalls):
             self._run(_open_schema, self.path, synchronous, create)
         except StoreError:
             self._conn.close()
-            if not read_only or os.path.exists(self.path + "-wal"):
+            if not read_only or os.path.exists(os.path.realpath(self.path) + "-wal"):
                 raise
             # A read-only folder, where SQLite cannot make the -shm file it
             # reads WAL files with; with no -wal file, the database file
@@ -1896,6 +1910,9 @@ class SyncStore(_StoreCalls):
                 raise StoreError(f"{self.path}: {exc}") from exc
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: {exc}") from exc
+
+    # No workers to wake here: those of other processes see the commit.
+    _run_and_wake = _run
 
     def close(self) -> None:
         self._conn.close()

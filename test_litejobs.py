@@ -1850,6 +1850,56 @@ def test_a_hand_edited_time_beyond_datetime_still_reads(capsys, db):
     assert code == 0 and "9999-12-31T23:59:59.999999+00:00" in out
 
 
+def test_retry_retry_dead_and_every_wake_the_stores_own_workers_at_once(db):
+    failed = set()
+
+    @dataclass
+    class FailsOnce(litejobs.Job):
+        NAME = "fails_once"
+        MAX_RETRIES = litejobs.Count(0)
+        tag: str
+
+        async def run(self, state):
+            if self.tag not in failed:
+                failed.add(self.tag)
+                raise RuntimeError(f"{self.tag} fails the first time")
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            first, second = await store.enqueue(FailsOnce("first")), await store.enqueue(FailsOnce("second"))
+            # An idle worker that only looks at the file every 30 s: only a
+            # wake-up from the store can get it to claim sooner.
+            async with litejobs.Worker(store, [FailsOnce, Noop], poll_interval=30):
+                await wait_state(store, first, "dead")
+                await wait_state(store, second, "dead")
+                await asyncio.sleep(0.1)
+                await store.retry(first)
+                await wait_state(store, first, "done", timeout=10)
+                await store.retry_dead()
+                await wait_state(store, second, "done", timeout=10)
+                await store.every(3600, Noop())
+                await wait_until(lambda: store.jobs(name="noop", state="done"), "the first tick to run", timeout=10)
+
+    run(main())
+
+
+def test_a_database_opened_through_a_symlink_is_watched_and_private(tmp_path):
+    (tmp_path / "real").mkdir()
+    target, link = tmp_path / "real" / "jobs.db", tmp_path / "link.db"
+    link.symlink_to(target)  # dangling until litejobs creates the file
+    old_umask = os.umask(0o022)
+    try:
+        async def main():
+            async with litejobs.connect(str(link)) as store:
+                await store.enqueue(Noop())
+                assert store.change_signature() is not None  # the -wal beside the real file
+
+        run(main())
+        assert os.stat(target).st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old_umask)
+
+
 # -- the command line ------------------------------------------------------------
 
 
