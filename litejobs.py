@@ -1871,7 +1871,8 @@ class SyncStore(_StoreCalls):
             raise StoreError(f"{self.path}: no such file")
         if create:
             _create_private_file(self.path)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held by every call, close() included
+        self._closed = False
         self._conn = self._connect(read_only)
         try:
             self._run(_open_schema, self.path, synchronous, create)
@@ -1904,6 +1905,8 @@ class SyncStore(_StoreCalls):
 
     def _run(self, fn: Callable, *args: Any, write: bool = False) -> Any:
         with self._lock:
+            if self._closed:
+                raise StoreError(f"the store for {self.path!r} is closed")
             try:
                 return _with_retries(self._conn, fn, *args, write=write)
             except sqlite3.ProgrammingError as exc:
@@ -1915,7 +1918,12 @@ class SyncStore(_StoreCalls):
     _run_and_wake = _run
 
     def close(self) -> None:
-        self._conn.close()
+        """Close the connection, once any call in flight in another thread is
+        done (closing under it could crash the process); closing twice is fine."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
 
     def __enter__(self) -> SyncStore:
         return self

@@ -1900,6 +1900,57 @@ def test_a_database_opened_through_a_symlink_is_watched_and_private(tmp_path):
         os.umask(old_umask)
 
 
+SYNC_CLOSE_SCRIPT = """
+import sys, threading
+from dataclasses import dataclass
+sys.path.insert(0, {here!r})
+import litejobs
+
+@dataclass
+class Noop(litejobs.Job):
+    NAME = "noop"
+
+    async def run(self, state):
+        pass
+
+for round_no in range(20):
+    store = litejobs.connect_sync({folder!r} + f"/close{{round_no}}.db")
+    busy, seen = threading.Event(), []
+
+    def hammer():
+        try:
+            while True:
+                store.enqueue(Noop())
+                store.stats()
+                busy.set()
+        except Exception as exc:
+            seen.append(exc)
+            busy.set()
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    busy.wait(10)
+    store.close()
+    store.close()  # a second close does nothing
+    thread.join(10)
+    for exc in seen + [None]:
+        if exc is None:
+            try:
+                store.get(1)
+            except Exception as later:
+                exc = later
+        assert isinstance(exc, litejobs.StoreError) and "is closed" in str(exc), repr(exc)
+print("ok")
+"""
+
+
+def test_closing_a_sync_store_while_another_thread_calls_it(tmp_path):
+    # In a process of its own: closing under a call in flight used to crash it.
+    script = SYNC_CLOSE_SCRIPT.format(here=HERE, folder=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "ok\n", "")
+
+
 # -- the command line ------------------------------------------------------------
 
 
