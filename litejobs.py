@@ -1586,6 +1586,19 @@ class Store(_StoreCalls):
         self._wakers: set[Callable[[], None]] = set()
         self._insert_queue: list[tuple[list[NewJob], asyncio.Future]] = []
         self._insert_busy = False
+        # Where the store may be used: aiosqlite's thread does not survive a
+        # fork, and the group commit's futures belong to this loop.
+        self._pid = os.getpid()
+        self._loop = asyncio.get_running_loop()
+
+    def _check_caller(self) -> None:
+        """Refuse, at once, a call that would hang: from a forked child or another event loop."""
+        if os.getpid() != self._pid:
+            raise StoreError(f"the store for {self.path!r} was opened in another process (this one was "
+                             "forked from it): connect again in this process")
+        if asyncio.get_running_loop() is not self._loop:
+            raise StoreError(f"the store for {self.path!r} belongs to another event loop: "
+                             "connect again in this one")
 
     async def _run(self, fn: Callable, *args: Any, write: bool = False) -> Any:
         """Run ``fn(conn, *args)`` on the connection's thread; one hop, one transaction.
@@ -1593,6 +1606,7 @@ class Store(_StoreCalls):
         aiosqlite has no public call for running a function on its thread;
         its ``_execute`` has done exactly that, unchanged, since 0.12.
         """
+        self._check_caller()
         try:
             conn = self._db._conn
         except ValueError:
@@ -1612,6 +1626,10 @@ class Store(_StoreCalls):
 
     async def close(self) -> None:
         """Close the connection; every acknowledged write is already committed."""
+        if os.getpid() != self._pid:
+            # A forked child: aiosqlite's thread stayed in the parent, which
+            # owns the connection and closes it.  Waiting here would hang.
+            return
         await self._db.close()
 
     async def __aenter__(self) -> Store:
@@ -1647,6 +1665,7 @@ class Store(_StoreCalls):
         """Group commit: enqueues that arrive while a write is under way are
         written together in the next transaction, one thread hop for all.
         Each caller's rows are still all or nothing."""
+        self._check_caller()  # before joining a queue that another loop's task would serve
         if not self._insert_busy:  # nothing under way: write at once, from here
             self._insert_busy = True
             try:

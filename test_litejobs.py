@@ -1951,6 +1951,68 @@ def test_closing_a_sync_store_while_another_thread_calls_it(tmp_path):
     assert (result.returncode, result.stdout, result.stderr) == (0, "ok\n", "")
 
 
+def test_a_store_used_from_another_event_loop_says_so(db):
+    async def open_store():
+        return await litejobs.connect(db)
+
+    store = run(open_store())
+    outcome = []
+
+    def second_loop():
+        for call in (store.enqueue(Noop()), store.get(1)):
+            try:
+                outcome.append(asyncio.run(call))
+            except BaseException as exc:
+                outcome.append(exc)
+
+    thread = threading.Thread(target=second_loop, daemon=True)
+    thread.start()
+    thread.join(10)  # guards against a hang; never decides a pass
+    assert len(outcome) == 2, "the calls from a second event loop hung"
+    for exc in outcome:
+        assert isinstance(exc, litejobs.StoreError), exc
+        assert str(exc) == f"the store for {db!r} belongs to another event loop: connect again in this one"
+    run(store.close())  # closing works from any loop
+
+
+def test_a_store_opened_before_a_fork_says_so_in_the_child(db):
+    import warnings
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            await store.enqueue(Noop())
+            read, write = os.pipe()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+            if pid == 0:  # the child
+                try:
+                    os.close(read)
+                    try:
+                        message = f"enqueued {asyncio.run(store.enqueue(Noop()))}"
+                    except BaseException as exc:
+                        message = f"{type(exc).__name__}: {exc}"
+                    asyncio.run(store.close())  # leaves the parent's connection alone
+                    os.write(write, message.encode())
+                finally:
+                    os._exit(0)
+            os.close(write)
+            give_up = time.monotonic() + 10  # a hang fails the test instead of hanging the suite
+            while os.waitpid(pid, os.WNOHANG) == (0, 0):
+                if time.monotonic() > give_up:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.01)
+            with os.fdopen(read) as pipe:
+                message = pipe.read()
+            assert message == (f"StoreError: the store for {db!r} was opened in another process (this one "
+                               "was forked from it): connect again in this process")
+            assert len(await store.jobs()) == 1  # the parent's store is unharmed
+
+    run(main())
+
+
 # -- the command line ------------------------------------------------------------
 
 
