@@ -966,12 +966,27 @@ def _with_retries(conn: sqlite3.Connection, fn: Callable, *args: Any, write: boo
             pause = min(pause * 2, 0.1)
 
 
+def _refuse_uri(path: str) -> None:
+    """Refuse a ``file:`` URI, with a message saying to give the plain path.
+
+    Refused rather than supported: whether SQLite reads "file:..." as a URI
+    or as a file of that name depends on how it was built, its parameters
+    (mode=ro, mode=memory, immutable=1, vfs=...) would change what the store
+    is behind litejobs' back, and the file's private mode and the WAL
+    watcher need the file's own path, which the URI only hides.  A plain
+    path does everything a URI could do here.
+    """
+    if path.startswith("file:"):
+        raise StoreError(f"{path!r} is a file: URI, which litejobs does not take: give the plain path to "
+                         "the database file, like '/data/jobs.db' (for a file named 'file:...', write './file:...')")
+
+
 def _create_private_file(path: str) -> None:
     """Create the database file readable by its owner only: payloads may hold secrets.
 
     SQLite gives the -wal and -shm files the same permissions as the database.
     """
-    if path == ":memory:" or path.startswith("file:"):
+    if path == ":memory:":
         return
     try:
         # The real path: O_EXCL does not follow a symlink, and SQLite would
@@ -1832,6 +1847,7 @@ class _Connector:
     async def _open(self) -> Store:
         synchronous, clock, keep_done = _parse_options(self._options)
         path = os.fspath(self._path)
+        _refuse_uri(path)
         _create_private_file(path)
         try:
             db = await aiosqlite.connect(path, isolation_level=None)
@@ -1886,6 +1902,7 @@ class SyncStore(_StoreCalls):
         opening it changes nothing.  ``read_only=True``: open it read-only too."""
         synchronous, self.clock, self.keep_done = _parse_options(options)
         self.path = os.fspath(path)
+        _refuse_uri(self.path)
         if not create and not os.path.exists(self.path):
             raise StoreError(f"{self.path}: no such file")
         if create:

@@ -2013,6 +2013,16 @@ def test_a_store_opened_before_a_fork_says_so_in_the_child(db):
     run(main())
 
 
+def test_file_uri_paths_are_refused_with_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for uri in (f"file:{tmp_path / 'jobs.db'}?mode=rwc", "file:jobs.db"):
+        with pytest.raises(litejobs.StoreError, match="is a file: URI, which litejobs does not take: give the plain path"):
+            run(_open_and_close(uri))
+        with pytest.raises(litejobs.StoreError, match="is a file: URI"):
+            litejobs.connect_sync(uri)
+    assert os.listdir(tmp_path) == []  # nothing created, under either name
+
+
 # -- the command line ------------------------------------------------------------
 
 
