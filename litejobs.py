@@ -1597,7 +1597,9 @@ class Store(_StoreCalls):
         # The real path: SQLite follows a symlink and keeps the WAL beside
         # the file it points to.  Absolute, because the process may chdir.
         self._wal_path = os.path.realpath(path) + "-wal"
-        self._event_callbacks: list[Callable[[Event], Any]] = []
+        # A tuple, replaced whenever a callback comes or goes: _emit walks a
+        # snapshot, so one that unsubscribes itself makes nobody miss an event.
+        self._event_callbacks: tuple[Callable[[Event], Any], ...] = ()
         self._wakers: set[Callable[[], None]] = set()
         self._insert_queue: list[tuple[list[NewJob], asyncio.Future]] = []
         self._insert_busy = False
@@ -1774,8 +1776,18 @@ class Store(_StoreCalls):
     def on_event(self, callback: Callable[[Event], Any]) -> Callable[[], None]:
         """Call ``callback(event)`` for everything that happens to jobs here,
         from this store and its workers; returns a function that unsubscribes."""
-        self._event_callbacks.append(callback)
-        return lambda: self._event_callbacks.remove(callback)
+        self._event_callbacks += (callback,)
+        subscribed = True
+
+        def unsubscribe() -> None:
+            nonlocal subscribed
+            if subscribed:  # a second call does nothing
+                subscribed = False
+                callbacks = list(self._event_callbacks)
+                callbacks.remove(callback)
+                self._event_callbacks = tuple(callbacks)
+
+        return unsubscribe
 
     def _emit(self, event: Event) -> None:
         for callback in self._event_callbacks:

@@ -2023,6 +2023,24 @@ def test_file_uri_paths_are_refused_with_a_clear_message(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []  # nothing created, under either name
 
 
+def test_a_callback_that_unsubscribes_itself_makes_nobody_miss_an_event(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            seen = []
+
+            def once(event):
+                seen.append(("once", event.job_id))
+                unsubscribe_once()
+
+            unsubscribe_once = store.on_event(once)
+            store.on_event(lambda event: seen.append(("every", event.job_id)))
+            first, second = await store.enqueue(Noop()), await store.enqueue(Noop())
+            assert seen == [("once", first), ("every", first), ("every", second)]
+            unsubscribe_once()  # a second call does nothing
+
+    run(main())
+
+
 # -- the command line ------------------------------------------------------------
 
 
