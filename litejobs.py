@@ -114,6 +114,18 @@ _SCHEMA_VERSION = 2
 _BUSY_TIMEOUT_MS = 5_000
 _GIVE_UP_AFTER = 60.0
 
+# The limits on what a job row may hold.  SQLite integers are 64-bit, and a
+# due time must read back as a datetime (years 1 to 9999), so values beyond
+# these are refused when the job is built, with an error naming the job:
+# refused, never capped in silence, because a date or a limit the caller
+# wrote must not quietly become another.  A century is the same "as good as
+# never" that _retry_decision caps retry delays at.
+_MAX_DELAY = 3.2e9  # seconds, about a century: delay= and every()'s interval
+_LATEST_DUE = 221_845_392_000.0  # 9000-01-01 UTC: run_at= and schedule(at=) must be earlier;
+#                                  the margin keeps read-back times convertible to any time zone
+_MAX_TIMEOUT_MS = 3_200_000_000_000  # a century of milliseconds: TIMEOUT and timeout()
+_MAX_COUNT = 2**63 - 1  # Count(n): SQLite's largest integer
+
 # The watchdog fails a running attempt this long after its TIMEOUT ran out.
 # The grace covers the owning worker's own in-process timeout, which records
 # the failure itself; the watchdog is for processes that died or froze.
@@ -425,8 +437,9 @@ class Count(MaxRetries):
     __slots__ = ("n",)
 
     def __init__(self, n: int) -> None:
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise JobDefinitionError(f"Count(n) needs a whole number >= 0, got {n!r}")
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= _MAX_COUNT:
+            raise JobDefinitionError(f"Count(n) needs a whole number from 0 to 2**63 - 1 "
+                                     f"(SQLite's largest integer), got {n!r}")
         self.n = n
 
     def as_column(self) -> int:
@@ -530,7 +543,7 @@ def _retry_decision(
         return None
     delay = backoff.delay(attempts) if requested_delay is None else requested_delay
     # A delay beyond a century is as good as never; keep the column finite.
-    return min(delay, 3.2e9)
+    return min(delay, _MAX_DELAY)
 
 
 class JobState(str, Enum):
@@ -546,15 +559,28 @@ class JobState(str, Enum):
         return self.value
 
 
+def _is_utf8(text: str) -> bool:
+    """False for a str SQLite cannot store, one holding a lone surrogate like '\\ud800'."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_timeout(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_TIMEOUT_MS
+
+
 def _check_job_constants(cls: type) -> None:
     """Raise JobDefinitionError for a class constant of the wrong kind."""
     where = f"job class {cls.__qualname__}"
     name = cls.__dict__.get("NAME")
-    if name is not None and (not isinstance(name, str) or not name):
-        raise JobDefinitionError(f"{where}: NAME must be a non-empty str, got {name!r}")
+    if name is not None and (not isinstance(name, str) or not name or not _is_utf8(name)):
+        raise JobDefinitionError(f"{where}: NAME must be a non-empty str of valid UTF-8 text, got {name!r}")
     queue = cls.QUEUE
-    if not isinstance(queue, str) or not queue:
-        raise JobDefinitionError(f"{where}: QUEUE must be a non-empty str, got {queue!r}")
+    if not isinstance(queue, str) or not queue or not _is_utf8(queue):
+        raise JobDefinitionError(f"{where}: QUEUE must be a non-empty str of valid UTF-8 text, got {queue!r}")
     if not isinstance(cls.MAX_RETRIES, MaxRetries):
         raise JobDefinitionError(
             f"{where}: MAX_RETRIES must be litejobs.Count(n) or litejobs.Infinite, got {cls.MAX_RETRIES!r}"
@@ -564,8 +590,9 @@ def _check_job_constants(cls: type) -> None:
             f"{where}: BACKOFF must be litejobs.Linear(secs) or litejobs.Exponential(base), got {cls.BACKOFF!r}"
         )
     timeout = cls.TIMEOUT
-    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
-        raise JobDefinitionError(f"{where}: TIMEOUT must be a positive int of milliseconds, got {timeout!r}")
+    if not _is_timeout(timeout):
+        raise JobDefinitionError(f"{where}: TIMEOUT must be a positive int of milliseconds, "
+                                 f"at most {_MAX_TIMEOUT_MS} (a century), got {timeout!r}")
 
 
 class Job:
@@ -707,11 +734,36 @@ def _seconds(value: Any, what: str) -> float:
     """A delay given as seconds or a timedelta, as float seconds >= 0."""
     if isinstance(value, timedelta):
         value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _is_finite(value):
         raise ValueError(f"{what} must be seconds or a timedelta, got {value!r}")
     if value < 0:
         raise ValueError(f"{what} must not be negative, got {value!r}")
     return float(value)
+
+
+def _is_finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for any float
+        return False
+
+
+def _delay_seconds(value: Any, what: str) -> float:
+    """A delay as for ``_seconds``, at most _MAX_DELAY, so that the due time reads back."""
+    seconds = _seconds(value, what)
+    if seconds > _MAX_DELAY:
+        raise ValueError(f"{what} of {seconds:g}s is too long: the limit is {_MAX_DELAY:g}s (about a "
+                         "century); a job that should never run need not be stored")
+    return seconds
+
+
+def _due_epoch(when: Any, where: str) -> float:
+    """run_at= as epoch seconds, refused at or after _LATEST_DUE so that it reads back."""
+    epoch = _epoch(when, f"{where}: run_at")
+    if epoch >= _LATEST_DUE:
+        raise ValueError(f"{where}: run_at {when.isoformat()} is too late: due times must be before "
+                         "the year 9000 (UTC)")
+    return epoch
 
 
 def _epoch(when: datetime, what: str) -> float:
@@ -730,8 +782,20 @@ def _checked_at(at: Any) -> datetime:
     return at
 
 
+_DATETIME_MAX = datetime.max.replace(tzinfo=timezone.utc)
+_DATETIME_MIN = datetime.min.replace(tzinfo=timezone.utc)
+
+
 def _datetime(epoch: float | None) -> datetime | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc)
+    if epoch is None:
+        return None
+    try:
+        return datetime.fromtimestamp(epoch, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        # Beyond datetime's years 1 to 9999: only a row edited by hand (new
+        # jobs are refused such times).  Clamped, so that the row can still
+        # be read, listed, retried or purged.
+        return _DATETIME_MAX if epoch > 0 else _DATETIME_MIN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -778,6 +842,12 @@ def new_job(
         raise ValueError(f"{where}: priority must be an int, got {priority!r}")
     if unique_key is not None and not isinstance(unique_key, str):
         raise ValueError(f"{where}: unique_key must be a str, got {unique_key!r}")
+    if unique_key is not None and not _is_utf8(unique_key):
+        raise SerializationError(f"{where}: unique_key {unique_key!r} is not valid UTF-8 text "
+                                 "(it holds a lone surrogate); give a str SQLite can store")
+    if queue is not None and not _is_utf8(queue):
+        raise SerializationError(f"{where}: queue {queue!r} is not valid UTF-8 text "
+                                 "(it holds a lone surrogate); give a str SQLite can store")
     if _limits_are_class_constants(cls):
         queue = cls.QUEUE if queue is None else queue
         max_retries, backoff, timeout = cls.MAX_RETRIES, cls.BACKOFF, cls.TIMEOUT
@@ -787,12 +857,16 @@ def new_job(
             queue = job.queue()
             if not isinstance(queue, str) or not queue:
                 raise JobDefinitionError(f"{where}: queue() returned {queue!r}, not a non-empty str")
+            if not _is_utf8(queue):
+                raise SerializationError(f"{where}: queue() returned {queue!r}, which is not valid UTF-8 "
+                                         "text (it holds a lone surrogate); return a str SQLite can store")
         if not isinstance(max_retries, MaxRetries):
             raise JobDefinitionError(f"{where}: max_retries() returned {max_retries!r}, not Count(n) or Infinite")
         if not isinstance(backoff, Backoff):
             raise JobDefinitionError(f"{where}: backoff_strategy() returned {backoff!r}, not Linear or Exponential")
-        if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
-            raise JobDefinitionError(f"{where}: timeout() returned {timeout!r}, not a positive int of milliseconds")
+        if not _is_timeout(timeout):
+            raise JobDefinitionError(f"{where}: timeout() returned {timeout!r}, not a positive int of "
+                                     f"milliseconds up to {_MAX_TIMEOUT_MS} (a century)")
     return NewJob(
         name=cls.NAME,
         queue=queue,
@@ -802,8 +876,8 @@ def new_job(
         timeout=timeout,
         priority=priority,
         unique_key=unique_key,
-        run_at=None if run_at is None else _epoch(run_at, f"{where}: run_at"),
-        delay=0.0 if delay is None else _seconds(delay, f"{where}: delay"),
+        run_at=None if run_at is None else _due_epoch(run_at, where),
+        delay=0.0 if delay is None else _delay_seconds(delay, f"{where}: delay"),
     )
 
 
@@ -945,19 +1019,36 @@ def _with_retries(conn: sqlite3.Connection, fn: Callable, *args: Any, write: boo
             pause = min(pause * 2, 0.1)
 
 
+def _refuse_uri(path: str) -> None:
+    """Refuse a ``file:`` URI, with a message saying to give the plain path.
+
+    Refused rather than supported: whether SQLite reads "file:..." as a URI
+    or as a file of that name depends on how it was built, its parameters
+    (mode=ro, mode=memory, immutable=1, vfs=...) would change what the store
+    is behind litejobs' back, and the file's private mode and the WAL
+    watcher need the file's own path, which the URI only hides.  A plain
+    path does everything a URI could do here.
+    """
+    if path.startswith("file:"):
+        raise StoreError(f"{path!r} is a file: URI, which litejobs does not take: give the plain path to "
+                         "the database file, like '/data/jobs.db' (for a file named 'file:...', write './file:...')")
+
+
 def _create_private_file(path: str) -> None:
     """Create the database file readable by its owner only: payloads may hold secrets.
 
     SQLite gives the -wal and -shm files the same permissions as the database.
     """
-    if path == ":memory:" or path.startswith("file:"):
+    if path == ":memory:":
         return
     try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        # The real path: O_EXCL does not follow a symlink, and SQLite would
+        # create the file it points to with the default mode.
+        os.close(os.open(os.path.realpath(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
         pass
     except FileNotFoundError:
-        folder = os.path.dirname(os.path.abspath(path))
+        folder = os.path.dirname(os.path.realpath(path))
         raise StoreError(f"cannot create {path!r}: folder {folder!r} does not exist") from None
     except OSError as exc:
         raise StoreError(f"cannot create {path!r}: {exc.strerror}") from None
@@ -1535,12 +1626,14 @@ def _check_state(state: Any, allowed: Iterable[str], what: str) -> str | None:
 class _StoreCalls:
     """The calls the async Store and the sync twin share, written once.
 
-    Each returns ``self._run(...)``: on the Store that is awaitable, on the
+    Each returns ``self._run(...)``, or ``self._run_and_wake(...)`` for a
+    write that may make a job due: on the Store that is awaitable, on the
     sync twin it is the answer itself.
     """
 
     clock: Callable[[], float]
     _run: Callable[..., Any]
+    _run_and_wake: Callable[..., Any]  # _run for a write that may make a job due now
 
     def get(self, job_id: int) -> Any:
         """The job's current row as a JobInfo, or None if there is no such id."""
@@ -1562,11 +1655,11 @@ class _StoreCalls:
 
     def retry(self, job_id: int) -> Any:
         """Put a done, dead or cancelled job back to pending with attempts reset; 1 if it was."""
-        return self._run(_retry_jobs, job_id, None, self.clock, write=True)
+        return self._run_and_wake(_retry_jobs, job_id, None, self.clock, write=True)
 
     def retry_dead(self, queue: str | None = None) -> Any:
         """Put every dead job (of ``queue``) back to pending; returns how many."""
-        return self._run(_retry_jobs, None, queue, self.clock, write=True)
+        return self._run_and_wake(_retry_jobs, None, queue, self.clock, write=True)
 
     def purge(self, *, state: str | JobState, older_than: float | timedelta = 0) -> Any:
         """Delete done, dead or cancelled jobs that finished over ``older_than`` ago; returns how many."""
@@ -1575,14 +1668,17 @@ class _StoreCalls:
 
     def every(self, interval: float | timedelta, job: Job, *, key: str | None = None) -> Any:
         """Enqueue ``job`` every ``interval`` (at least 1 s), under ``key`` (default: its NAME)."""
-        seconds = _seconds(interval, "interval")
+        seconds = _delay_seconds(interval, "interval")
         if seconds < 1:
             raise ValueError(f"interval must be at least 1 second, got {seconds:g}s")
         row = new_job(job)
         key = row.name if key is None else key
         if not isinstance(key, str) or not key:
             raise ValueError(f"key must be a non-empty str, got {key!r}")
-        return self._run(_set_recurring, key, seconds, row, self.clock, write=True)
+        if not _is_utf8(key):
+            raise SerializationError(f"key {key!r} is not valid UTF-8 text (it holds a lone surrogate); "
+                                     "give a str SQLite can store")
+        return self._run_and_wake(_set_recurring, key, seconds, row, self.clock, write=True)
 
     def unschedule(self, key: str) -> Any:
         """Remove a recurring schedule; True if there was one."""
@@ -1598,12 +1694,29 @@ class Store(_StoreCalls):
         self.path = path
         self.clock = clock
         self.keep_done = keep_done
-        self._wal_path = os.path.abspath(path) + "-wal"  # absolute: the process may chdir
-        self._event_callbacks: list[Callable[[Event], Any]] = []
+        # The real path: SQLite follows a symlink and keeps the WAL beside
+        # the file it points to.  Absolute, because the process may chdir.
+        self._wal_path = os.path.realpath(path) + "-wal"
+        # A tuple, replaced whenever a callback comes or goes: _emit walks a
+        # snapshot, so one that unsubscribes itself makes nobody miss an event.
+        self._event_callbacks: tuple[Callable[[Event], Any], ...] = ()
         self._wakers: set[Callable[[], None]] = set()
         self._insert_queue: list[tuple[list[NewJob], asyncio.Future]] = []
         self._insert_busy = False
         self.closed = False
+        # Where the store may be used: aiosqlite's thread does not survive a
+        # fork, and the group commit's futures belong to this loop.
+        self._pid = os.getpid()
+        self._loop = asyncio.get_running_loop()
+
+    def _check_caller(self) -> None:
+        """Refuse, at once, a call that would hang: from a forked child or another event loop."""
+        if os.getpid() != self._pid:
+            raise StoreError(f"the store for {self.path!r} was opened in another process (this one was "
+                             "forked from it): connect again in this process")
+        if asyncio.get_running_loop() is not self._loop:
+            raise StoreError(f"the store for {self.path!r} belongs to another event loop: "
+                             "connect again in this one")
 
     async def _run(self, fn: Callable, *args: Any, write: bool = False) -> Any:
         """Run ``fn(conn, *args)`` on the connection's thread; one hop, one transaction.
@@ -1611,6 +1724,7 @@ class Store(_StoreCalls):
         aiosqlite has no public call for running a function on its thread;
         its ``_execute`` has done exactly that, unchanged, since 0.12.
         """
+        self._check_caller()
         try:
             conn = self._db._conn
         except ValueError:
@@ -1620,8 +1734,20 @@ class Store(_StoreCalls):
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
 
+    async def _run_and_wake(self, fn: Callable, *args: Any, write: bool = False) -> Any:
+        """``_run``, then wake this store's workers: the write may have made a
+        job due now, and a worker never sees its own connection's commits
+        in data_version, nor, where there is no -wal file, in the file."""
+        result = await self._run(fn, *args, write=write)
+        self._wake_workers()
+        return result
+
     async def close(self) -> None:
         """Close the connection; every acknowledged write is already committed."""
+        if os.getpid() != self._pid:
+            # A forked child: aiosqlite's thread stayed in the parent, which
+            # owns the connection and closes it.  Waiting here would hang.
+            return
         self.closed = True
         await self._db.close()
 
@@ -1658,6 +1784,7 @@ class Store(_StoreCalls):
         """Group commit: enqueues that arrive while a write is under way are
         written together in the next transaction, one thread hop for all.
         Each caller's rows are still all or nothing."""
+        self._check_caller()  # before joining a queue that another loop's task would serve
         if not self._insert_busy:  # nothing under way: write at once, from here
             self._insert_busy = True
             try:
@@ -1684,22 +1811,27 @@ class Store(_StoreCalls):
             self._start_insert_writer()
 
     async def _write_insert_batch(self, batch: list[tuple[list[NewJob], asyncio.Future]]) -> None:
+        """Write the batch in one transaction and tell every caller.  Errors
+        go to the callers, never out of the task, which nobody awaits."""
         rows = [row for rows, _ in batch for row in rows]
         try:
-            ids = await self._run(_insert_jobs, rows, self.clock, write=True)
-        except StoreError as exc:
-            if len(batch) == 1:
-                _set_future(batch[0][1], None, exc)
+            try:
+                ids = await self._run(_insert_jobs, rows, self.clock, write=True)
+            except Exception as exc:  # StoreError, or a value the driver cannot bind
+                if len(batch) == 1:
+                    _set_future(batch[0][1], None, exc)
+                    return
+                # Someone's rows broke the shared transaction: write each
+                # caller's alone, so that only the guilty one hears of it.
+                for caller_rows, waiter in batch:
+                    try:
+                        caller_ids = await self._run(_insert_jobs, caller_rows, self.clock, write=True)
+                    except Exception as caller_exc:
+                        _set_future(waiter, None, caller_exc)
+                    else:
+                        _set_future(waiter, caller_ids, None)
                 return
-            # Someone's rows broke the shared transaction: write each
-            # caller's alone, so that only the guilty one hears of it.
-            for caller_rows, waiter in batch:
-                try:
-                    _set_future(waiter, await self._run(_insert_jobs, caller_rows, self.clock, write=True), None)
-                except StoreError as caller_exc:
-                    _set_future(waiter, None, caller_exc)
-            return
-        except BaseException as exc:  # every caller of this transaction hears of it
+        except BaseException as exc:  # cancelled: every caller not yet answered hears of it
             for _, waiter in batch:
                 _set_future(waiter, None, exc)
             raise
@@ -1746,8 +1878,18 @@ class Store(_StoreCalls):
     def on_event(self, callback: Callable[[Event], Any]) -> Callable[[], None]:
         """Call ``callback(event)`` for everything that happens to jobs here,
         from this store and its workers; returns a function that unsubscribes."""
-        self._event_callbacks.append(callback)
-        return lambda: self._event_callbacks.remove(callback)
+        self._event_callbacks += (callback,)
+        subscribed = True
+
+        def unsubscribe() -> None:
+            nonlocal subscribed
+            if subscribed:  # a second call does nothing
+                subscribed = False
+                callbacks = list(self._event_callbacks)
+                callbacks.remove(callback)
+                self._event_callbacks = tuple(callbacks)
+
+        return unsubscribe
 
     def _emit(self, event: Event) -> None:
         for callback in self._event_callbacks:
@@ -1819,6 +1961,7 @@ class _Connector:
     async def _open(self) -> Store:
         synchronous, clock, keep_done = _parse_options(self._options)
         path = os.fspath(self._path)
+        _refuse_uri(path)
         _create_private_file(path)
         try:
             db = await aiosqlite.connect(path, isolation_level=None)
@@ -1873,17 +2016,19 @@ class SyncStore(_StoreCalls):
         opening it changes nothing.  ``read_only=True``: open it read-only too."""
         synchronous, self.clock, self.keep_done = _parse_options(options)
         self.path = os.fspath(path)
+        _refuse_uri(self.path)
         if not create and not os.path.exists(self.path):
             raise StoreError(f"{self.path}: no such file")
         if create:
             _create_private_file(self.path)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held by every call, close() included
+        self._closed = False
         self._conn = self._connect(read_only)
         try:
             self._run(_open_schema, self.path, synchronous, create)
         except StoreError:
             self._conn.close()
-            if not read_only or os.path.exists(self.path + "-wal"):
+            if not read_only or os.path.exists(os.path.realpath(self.path) + "-wal"):
                 raise
             # A read-only folder, where SQLite cannot make the -shm file it
             # reads WAL files with; with no -wal file, the database file
@@ -1910,6 +2055,8 @@ class SyncStore(_StoreCalls):
 
     def _run(self, fn: Callable, *args: Any, write: bool = False) -> Any:
         with self._lock:
+            if self._closed:
+                raise StoreError(f"the store for {self.path!r} is closed")
             try:
                 return _with_retries(self._conn, fn, *args, write=write)
             except sqlite3.ProgrammingError as exc:
@@ -1917,8 +2064,16 @@ class SyncStore(_StoreCalls):
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: {exc}") from exc
 
+    # No workers to wake here: those of other processes see the commit.
+    _run_and_wake = _run
+
     def close(self) -> None:
-        self._conn.close()
+        """Close the connection, once any call in flight in another thread is
+        done (closing under it could crash the process); closing twice is fine."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
 
     def __enter__(self) -> SyncStore:
         return self
@@ -2420,8 +2575,10 @@ class Worker:
                     seen_deadline, seen = self._suspects.get((job_id, lease), (None, mono))
                     suspects[job_id, lease] = (deadline, seen if seen_deadline == deadline else mono)
             self._suspects = suspects
-        for job_id, name, queue in answer.enqueued:
+        for job_id, name, queue in answer.enqueued:  # recurring ticks, due now
             emit(Event("enqueue", job_id, name, queue))
+            if queue in self._capacity:
+                self._unclaimed.add(queue)
         for outcome in answer.written:
             self._emit_outcome(outcome)
             if outcome.state == "pending" and outcome.delay is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import os
 import signal
 import sqlite3
@@ -1761,6 +1762,351 @@ def test_recurring_ticks_enqueued_exactly_once_across_three_processes(tmp_path, 
     # whole interval would coalesce, so a step of 2 s is allowed, not 0.)
     assert all(step >= 1.0 and step == int(step) for step in steps), steps
     assert steps.count(1.0) >= len(steps) - 1
+
+
+# -- defects: the store's edges ---------------------------------------------------
+
+
+def _loop_error_reports():
+    """Collect what the running loop would print (such as "Task exception was never retrieved")."""
+    reports = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: reports.append(context["message"]))
+    return reports
+
+
+def test_one_bad_value_in_a_group_commit_fails_only_its_caller(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            reports = _loop_error_reports()
+            results = await asyncio.gather(
+                *(store.enqueue(Echo(i), unique_key="\ud800" if i == 5 else None) for i in range(10)),
+                return_exceptions=True)
+            assert isinstance(results[5], litejobs.SerializationError), results
+            assert "job 'echo': unique_key '\\ud800' is not valid UTF-8 text" in str(results[5])
+            stored = sorted([(await store.get(r)).payload["value"] for r in results if isinstance(r, int)])
+            assert stored == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+            gc.collect()
+            await asyncio.sleep(0)
+            assert reports == []
+
+    run(main())
+
+
+def test_any_error_in_a_shared_transaction_fails_only_the_caller_whose_rows_caused_it(db, monkeypatch):
+    insert = litejobs._insert_jobs
+
+    def picky_insert(conn, rows, clock):
+        if any("poison" in row.payload for row in rows):  # not a StoreError: what binding a bad value raises
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return insert(conn, rows, clock)
+
+    monkeypatch.setattr(litejobs, "_insert_jobs", picky_insert)
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            reports = _loop_error_reports()
+            results = await asyncio.gather(*(store.enqueue(Echo("poison" if i == 5 else i)) for i in range(10)),
+                                           return_exceptions=True)
+            assert [type(r).__name__ for r in results] == ["int"] * 5 + ["OverflowError"] + ["int"] * 4
+            stored = sorted([(await store.get(r)).payload["value"] for r in results if isinstance(r, int)])
+            assert stored == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+            gc.collect()
+            await asyncio.sleep(0)
+            assert reports == []
+
+    run(main())
+
+
+def test_strings_sqlite_cannot_store_are_refused_when_the_job_is_built(db):
+    surrogate = "\ud800"
+
+    @dataclass
+    class QueueFromPayload(litejobs.Job):
+        NAME = "queue_from_payload"
+        target: str
+
+        def queue(self):
+            return self.target
+
+        async def run(self, state):
+            pass
+
+    for build in (lambda: litejobs.new_job(Noop(), queue=surrogate),
+                  lambda: litejobs.new_job(Noop(), unique_key="key-" + surrogate),
+                  lambda: litejobs.new_job(QueueFromPayload(surrogate))):
+        with pytest.raises(litejobs.SerializationError, match="is not valid UTF-8 text"):
+            build()
+    with pytest.raises(litejobs.SerializationError, match="job 'echo', field 'value'"):
+        litejobs.new_job(Echo(["fine", surrogate]))
+    with pytest.raises(litejobs.JobDefinitionError, match="QUEUE must be a non-empty str of valid UTF-8 text"):
+        type("Broken", (litejobs.Job,), {"NAME": "broken", "QUEUE": surrogate})
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            with pytest.raises(litejobs.SerializationError, match="key '\\\\ud800' is not valid UTF-8 text"):
+                await store.every(60, Noop(), key=surrogate)
+            with pytest.raises(litejobs.SerializationError):
+                await store.enqueue(Noop(), queue=surrogate)
+            assert await store.jobs() == []
+
+    run(main())
+
+
+def test_limits_beyond_sqlite_integers_are_definition_errors():
+    with pytest.raises(litejobs.JobDefinitionError, match="Count\\(n\\) needs a whole number from 0 to 2\\*\\*63 - 1"):
+        litejobs.Count(2**63)
+    assert litejobs.Count(2**63 - 1).as_column() == 2**63 - 1
+    for timeout in (2**63, 10**30, litejobs._MAX_TIMEOUT_MS + 1):
+        with pytest.raises(litejobs.JobDefinitionError, match="TIMEOUT must be a positive int of milliseconds, at most"):
+            type("Broken", (litejobs.Job,), {"NAME": "broken", "TIMEOUT": timeout})
+
+    @dataclass
+    class HugeTimeout(litejobs.Job):
+        NAME = "huge_timeout"
+
+        def timeout(self):
+            return 2**63
+
+        async def run(self, state):
+            pass
+
+    with pytest.raises(litejobs.JobDefinitionError, match="timeout\\(\\) returned 9223372036854775808, not a positive"):
+        litejobs.new_job(HugeTimeout())
+
+
+def test_due_times_datetime_cannot_read_back_are_refused_at_enqueue(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            with pytest.raises(ValueError, match="job 'noop': delay of 1e\\+12s is too long: the limit is 3.2e\\+09s"):
+                await store.enqueue(Noop(), delay=10**12)
+            with pytest.raises(ValueError, match="delay must be seconds or a timedelta"):
+                await store.enqueue(Noop(), delay=10**400)  # beyond any float
+            with pytest.raises(ValueError, match="job 'noop': run_at 9999-12-31T23:59:00\\+00:00 is too late: due "
+                                                 "times must be before the year 9000"):
+                await store.schedule(Noop(), at=datetime(9999, 12, 31, 23, 59, tzinfo=timezone.utc))
+            with pytest.raises(ValueError, match="interval of 1e\\+12s is too long"):
+                await store.every(10**12, Noop())
+            assert await store.jobs() == []
+            # Up to the limits, every due time reads back.
+            await store.enqueue(Noop(), delay=litejobs._MAX_DELAY)
+            last = datetime(8999, 12, 31, 23, 59, tzinfo=timezone.utc)
+            assert (await store.get(await store.schedule(Noop(), at=last))).run_at == last
+            assert len(await store.jobs()) == 2
+
+    run(main())
+
+
+def test_a_hand_edited_time_beyond_datetime_still_reads(capsys, db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            ids = [await store.enqueue(Noop()) for _ in range(3)]
+            # Far future, infinity, far past: none can be a datetime.
+            for job_id, run_at in zip(ids, ("1e20", "9e999", "-1e20")):
+                await store._db.execute(f"UPDATE litejobs_jobs SET run_at = {run_at} WHERE id = {job_id}")
+            infos = [await store.get(job_id) for job_id in ids]
+            utc_max = datetime.max.replace(tzinfo=timezone.utc)
+            assert [info.run_at for info in infos] == [utc_max, utc_max, datetime.min.replace(tzinfo=timezone.utc)]
+            assert len(await store.jobs()) == 3
+            with pytest.raises(TimeoutError):
+                await store.wait(ids[0], timeout=0)
+            return ids
+
+    ids = run(main())
+    code, out, err = _cli(capsys, "--db", db, "jobs")
+    assert code == 0 and err == "" and len(out.splitlines()) == 4
+    code, out, _ = _cli(capsys, "--db", db, "show", str(ids[0]))
+    assert code == 0 and "9999-12-31T23:59:59.999999+00:00" in out
+
+
+def test_retry_retry_dead_and_every_wake_the_stores_own_workers_at_once(db):
+    failed = set()
+
+    @dataclass
+    class FailsOnce(litejobs.Job):
+        NAME = "fails_once"
+        MAX_RETRIES = litejobs.Count(0)
+        tag: str
+
+        async def run(self, state):
+            if self.tag not in failed:
+                failed.add(self.tag)
+                raise RuntimeError(f"{self.tag} fails the first time")
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            first, second = await store.enqueue(FailsOnce("first")), await store.enqueue(FailsOnce("second"))
+            # An idle worker that only looks at the file every 30 s: only a
+            # wake-up from the store can get it to claim sooner.
+            async with litejobs.Worker(store, [FailsOnce, Noop], poll_interval=30):
+                await wait_state(store, first, "dead")
+                await wait_state(store, second, "dead")
+                await asyncio.sleep(0.1)
+                await store.retry(first)
+                await wait_state(store, first, "done", timeout=10)
+                await store.retry_dead()
+                await wait_state(store, second, "done", timeout=10)
+                await store.every(3600, Noop())
+                await wait_until(lambda: store.jobs(name="noop", state="done"), "the first tick to run", timeout=10)
+
+    run(main())
+
+
+def test_a_database_opened_through_a_symlink_is_watched_and_private(tmp_path):
+    (tmp_path / "real").mkdir()
+    target, link = tmp_path / "real" / "jobs.db", tmp_path / "link.db"
+    link.symlink_to(target)  # dangling until litejobs creates the file
+    old_umask = os.umask(0o022)
+    try:
+        async def main():
+            async with litejobs.connect(str(link)) as store:
+                await store.enqueue(Noop())
+                assert store.change_signature() is not None  # the -wal beside the real file
+
+        run(main())
+        assert os.stat(target).st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old_umask)
+
+
+SYNC_CLOSE_SCRIPT = """
+import sys, threading
+from dataclasses import dataclass
+sys.path.insert(0, {here!r})
+import litejobs
+
+@dataclass
+class Noop(litejobs.Job):
+    NAME = "noop"
+
+    async def run(self, state):
+        pass
+
+for round_no in range(20):
+    store = litejobs.connect_sync({folder!r} + f"/close{{round_no}}.db")
+    busy, seen = threading.Event(), []
+
+    def hammer():
+        try:
+            while True:
+                store.enqueue(Noop())
+                store.stats()
+                busy.set()
+        except Exception as exc:
+            seen.append(exc)
+            busy.set()
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    busy.wait(10)
+    store.close()
+    store.close()  # a second close does nothing
+    thread.join(10)
+    for exc in seen + [None]:
+        if exc is None:
+            try:
+                store.get(1)
+            except Exception as later:
+                exc = later
+        assert isinstance(exc, litejobs.StoreError) and "is closed" in str(exc), repr(exc)
+print("ok")
+"""
+
+
+def test_closing_a_sync_store_while_another_thread_calls_it(tmp_path):
+    # In a process of its own: closing under a call in flight used to crash it.
+    script = SYNC_CLOSE_SCRIPT.format(here=HERE, folder=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "ok\n", "")
+
+
+def test_a_store_used_from_another_event_loop_says_so(db):
+    async def open_store():
+        return await litejobs.connect(db)
+
+    store = run(open_store())
+    outcome = []
+
+    def second_loop():
+        for call in (store.enqueue(Noop()), store.get(1)):
+            try:
+                outcome.append(asyncio.run(call))
+            except BaseException as exc:
+                outcome.append(exc)
+
+    thread = threading.Thread(target=second_loop, daemon=True)
+    thread.start()
+    thread.join(10)  # guards against a hang; never decides a pass
+    assert len(outcome) == 2, "the calls from a second event loop hung"
+    for exc in outcome:
+        assert isinstance(exc, litejobs.StoreError), exc
+        assert str(exc) == f"the store for {db!r} belongs to another event loop: connect again in this one"
+    run(store.close())  # closing works from any loop
+
+
+def test_a_store_opened_before_a_fork_says_so_in_the_child(db):
+    import warnings
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            await store.enqueue(Noop())
+            read, write = os.pipe()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+            if pid == 0:  # the child
+                try:
+                    os.close(read)
+                    try:
+                        message = f"enqueued {asyncio.run(store.enqueue(Noop()))}"
+                    except BaseException as exc:
+                        message = f"{type(exc).__name__}: {exc}"
+                    asyncio.run(store.close())  # leaves the parent's connection alone
+                    os.write(write, message.encode())
+                finally:
+                    os._exit(0)
+            os.close(write)
+            give_up = time.monotonic() + 10  # a hang fails the test instead of hanging the suite
+            while os.waitpid(pid, os.WNOHANG) == (0, 0):
+                if time.monotonic() > give_up:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.01)
+            with os.fdopen(read) as pipe:
+                message = pipe.read()
+            assert message == (f"StoreError: the store for {db!r} was opened in another process (this one "
+                               "was forked from it): connect again in this process")
+            assert len(await store.jobs()) == 1  # the parent's store is unharmed
+
+    run(main())
+
+
+def test_file_uri_paths_are_refused_with_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for uri in (f"file:{tmp_path / 'jobs.db'}?mode=rwc", "file:jobs.db"):
+        with pytest.raises(litejobs.StoreError, match="is a file: URI, which litejobs does not take: give the plain path"):
+            run(_open_and_close(uri))
+        with pytest.raises(litejobs.StoreError, match="is a file: URI"):
+            litejobs.connect_sync(uri)
+    assert os.listdir(tmp_path) == []  # nothing created, under either name
+
+
+def test_a_callback_that_unsubscribes_itself_makes_nobody_miss_an_event(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            seen = []
+
+            def once(event):
+                seen.append(("once", event.job_id))
+                unsubscribe_once()
+
+            unsubscribe_once = store.on_event(once)
+            store.on_event(lambda event: seen.append(("every", event.job_id)))
+            first, second = await store.enqueue(Noop()), await store.enqueue(Noop())
+            assert seen == [("once", first), ("every", first), ("every", second)]
+            unsubscribe_once()  # a second call does nothing
+
+    run(main())
 
 
 # -- the command line ------------------------------------------------------------
