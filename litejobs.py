@@ -360,22 +360,40 @@ _SQL_COUNT_OUTCOME = """
     INSERT INTO litejobs_counts (queue, state, hour, n) VALUES (?, ?, ?, ?)
     ON CONFLICT (queue, state, hour) DO UPDATE SET n = n + excluded.n"""
 
-# Finished rows older than a cutoff.  The state test repeats the partial
-# index's own WHERE, or SQLite would not use the index and would scan.
-_SQL_OLD_FINISHED = """
-    SELECT id FROM litejobs_jobs
-     WHERE state IN ('done', 'dead', 'cancelled') AND state IN ({states}) AND finished_at <= ?"""
+# Retention and purge find old finished rows through the partial index on
+# finished_at.  Each repeats that index's own WHERE (state IN ('done', 'dead',
+# 'cancelled')), or SQLite would not use the index and would scan; each
+# deletes in batches, so that the write lock is never held for long.
+_SQL_ANY_TO_PRUNE = """
+    SELECT 1 FROM litejobs_jobs
+     WHERE state IN ('done', 'dead', 'cancelled') AND state IN ('done', 'cancelled') AND finished_at <= ?
+     LIMIT 1"""
 
-# Deletes in batches, so that retention never holds the write lock for long.
-_SQL_PRUNE = f"""
+_SQL_PRUNE = """
     DELETE FROM litejobs_jobs WHERE id IN (
-        {_SQL_OLD_FINISHED.format(states="'done', 'cancelled'")} LIMIT ?)"""
+        SELECT id FROM litejobs_jobs
+         WHERE state IN ('done', 'dead', 'cancelled') AND state IN ('done', 'cancelled') AND finished_at <= ?
+         LIMIT ?)"""
+
+_SQL_PURGE = """
+    DELETE FROM litejobs_jobs WHERE id IN (
+        SELECT id FROM litejobs_jobs
+         WHERE state IN ('done', 'dead', 'cancelled') AND state = ? AND finished_at <= ?
+         LIMIT ?)"""
 _PRUNE_BATCH = 1000
+
+# Hourly counts older than two months fold into one all-time row, hour 0.
+_SQL_COMPACT_COUNTS = """
+    INSERT INTO litejobs_counts (queue, state, hour, n)
+    SELECT queue, state, 0, sum(n) FROM litejobs_counts WHERE hour > 0 AND hour < ? GROUP BY 1, 2
+    ON CONFLICT (queue, state, hour) DO UPDATE SET n = n + excluded.n"""
 
 _SQL_RECURRING_DUE = """
     SELECT key, interval, next_run, name, queue, payload, priority, max_retries,
            backoff, backoff_value, timeout_ms, last_id
       FROM litejobs_recurring WHERE next_run <= ?"""
+
+_SQL_ANY_RECURRING_DUE = "SELECT 1 FROM litejobs_recurring WHERE next_run <= ? LIMIT 1"
 
 _SQL_STILL_PENDING = "SELECT 1 FROM litejobs_jobs WHERE id = ? AND state = 'pending'"
 
@@ -1216,10 +1234,7 @@ def _purge_jobs(conn: sqlite3.Connection, state: str, before: float) -> int:
     """Delete finished jobs of ``state`` that finished before ``before``, one
     transaction per batch, so that the write lock is never held for long."""
     def delete_batch(conn: sqlite3.Connection) -> int:
-        return conn.execute(
-            f"DELETE FROM litejobs_jobs WHERE id IN ({_SQL_OLD_FINISHED.format(states='?')} LIMIT ?)",
-            (state, before, _PRUNE_BATCH),
-        ).rowcount
+        return conn.execute(_SQL_PURGE, (state, before, _PRUNE_BATCH)).rowcount
 
     total = 0
     while True:
@@ -1303,12 +1318,7 @@ def _stats(conn: sqlite3.Connection, clock: Callable[[], float]) -> dict[str, Qu
 def _compact_counts(conn: sqlite3.Connection, now: float) -> None:
     """Fold hourly counts older than two months into one all-time row (hour 0)."""
     cutoff = int(now // 3600) - 24 * 62
-    conn.execute(
-        f"""{_SQL_COUNT_OUTCOME.split("VALUES")[0]}
-            SELECT queue, state, 0, sum(n) FROM litejobs_counts WHERE hour > 0 AND hour < ? GROUP BY 1, 2
-            ON CONFLICT (queue, state, hour) DO UPDATE SET n = n + excluded.n""",
-        (cutoff,),
-    )
+    conn.execute(_SQL_COMPACT_COUNTS, (cutoff,))
     conn.execute("DELETE FROM litejobs_counts WHERE hour > 0 AND hour < ?", (cutoff,))
 
 
@@ -1502,10 +1512,9 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
     if request.housekeeping:
         answer.expired = [_Expiry(*row) for row in conn.execute(_SQL_EXPIRED, (answer.now,))]
     if request.housekeeping or request.wants:  # a worker woken at a tick's time fires it then
-        recurring = conn.execute(_SQL_RECURRING_DUE + " LIMIT 1", (answer.now,)).fetchone() is not None
+        recurring = conn.execute(_SQL_ANY_RECURRING_DUE, (answer.now,)).fetchone() is not None
     if request.prune_before is not None:
-        prune = conn.execute(_SQL_OLD_FINISHED.format(states="'done', 'cancelled'") + " LIMIT 1",
-                             (request.prune_before,)).fetchone() is not None
+        prune = conn.execute(_SQL_ANY_TO_PRUNE, (request.prune_before,)).fetchone() is not None
     if not (request.outcomes or request.wants or request.reap or request.renew or recurring or prune
             or request.compact):
         answer.next_due = conn.execute(_SQL_NEXT_DUE, (answer.now,)).fetchone()[0]

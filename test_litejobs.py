@@ -2799,9 +2799,8 @@ def test_a_row_can_only_name_a_registered_class(db):
 def test_retention_and_purge_use_the_finished_index_not_a_scan(db):
     run(_open_and_close(db))
     conn = sqlite3.connect(db)
-    for sql, params in [(litejobs._SQL_PRUNE, (T0, 1000)),
-                        (f"DELETE FROM litejobs_jobs WHERE id IN ({litejobs._SQL_OLD_FINISHED.format(states='?')} LIMIT ?)",
-                         ("dead", T0, 1000))]:
+    for sql, params in [(litejobs._SQL_PRUNE, (T0, 1000)), (litejobs._SQL_ANY_TO_PRUNE, (T0,)),
+                        (litejobs._SQL_PURGE, ("dead", T0, 1000))]:
         plan = " | ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
         assert "USING INDEX litejobs_jobs_finished" in plan and "SCAN litejobs_jobs" not in plan, plan
 
