@@ -3522,3 +3522,20 @@ def test_a_retry_due_while_a_round_trip_is_late_is_still_claimed(db, monkeypatch
             assert late
 
     run(main())
+
+
+def test_compaction_folds_old_hourly_counts_and_keeps_the_totals(db):
+    clock = FakeClock()
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            await store.enqueue_many([Echo(1), Echo(2)])
+            async with litejobs.Worker(store, [Echo]):
+                await wait_state(store, 2, "done")
+            clock.advance(70 * 86_400)  # past the two months that keep hourly detail
+            await store.exchange(litejobs._Request(compact=True))
+            assert (await store.stats())["default"].done_counts == litejobs.JobStat(0, 0, 0, 2)
+
+    run(main())
+    hours = [row[0] for row in sqlite3.connect(db).execute("SELECT hour FROM litejobs_counts")]
+    assert hours == [0]
