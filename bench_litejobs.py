@@ -40,7 +40,8 @@ import tempfile
 import threading
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import aiosqlite
 import orjson
@@ -1067,7 +1068,8 @@ def group_claim(b: Bench) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a reduced run: small sizes, one run each")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the script runs, measures nothing")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes: checks that the script runs; measures nothing")
     parser.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")
     parser.add_argument("--only", metavar="NAME[,NAME]", help=f"run only these groups: {', '.join(GROUPS)}")
     parser.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "bench-scratch"),

@@ -83,9 +83,10 @@ import threading
 import time
 import traceback
 import urllib.parse
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from enum import Enum
-from typing import Any, Callable, ClassVar, Iterable, NamedTuple, Sequence
+from typing import Any, ClassVar, NamedTuple, Protocol, cast
 
 import aiosqlite
 import orjson
@@ -269,7 +270,7 @@ _SQL_GET_JOB = f"SELECT {_JOB_COLUMNS} FROM litejobs_jobs WHERE id = ?"
 _MAX_NAMES_PER_CLAIM = 400
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sql_claim(name_count: int) -> str:
     """The claim: one statement picks and takes up to N due jobs of a queue.
 
@@ -340,7 +341,8 @@ _SQL_RECORD_OUTCOMES = """
 _SQL_EXPIRED = "SELECT id, lease, deadline FROM litejobs_jobs WHERE state = 'running' AND deadline <= ?"
 
 _SQL_REAPABLE = """
-    SELECT id, name, queue, attempts, lease, max_retries, backoff, backoff_value, timeout_ms
+    SELECT id, name, queue, payload, attempts, lease, max_retries, backoff, backoff_value, timeout_ms,
+           priority, run_at
       FROM litejobs_jobs
      WHERE id = ? AND lease = ? AND deadline = ? AND state = 'running' AND deadline <= ?"""
 
@@ -590,7 +592,7 @@ def _is_timeout(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_TIMEOUT_MS
 
 
-def _check_job_constants(cls: type) -> None:
+def _check_job_constants(cls: type[Job]) -> None:
     """Raise JobDefinitionError for a class constant of the wrong kind."""
     where = f"job class {cls.__qualname__}"
     name = cls.__dict__.get("NAME")
@@ -687,7 +689,7 @@ def _check_registrable(cls: Any) -> type[Job]:
         raise JobDefinitionError(f"{where}: NAME is a dataclass field; write NAME = '...' without a type annotation")
     if cls.run is Job.run:
         raise JobDefinitionError(f"{where} does not define run(self, state)")
-    overrides_payload = cls.to_payload is not Job.to_payload and cls.from_payload.__func__ is not Job.from_payload.__func__
+    overrides_payload = _overrides(cls, "to_payload") and _overrides(cls, "from_payload")
     if not dataclasses.is_dataclass(cls) and not overrides_payload:
         raise JobDefinitionError(
             f"{where} is not a dataclass: make it one, or override to_payload() and from_payload()"
@@ -696,17 +698,27 @@ def _check_registrable(cls: Any) -> type[Job]:
     return cls
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _payload_fields(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls) if f.init)
 
 
-@functools.lru_cache(maxsize=None)
-def _limits_are_class_constants(cls: type) -> bool:
-    """True when no per-instance override can change the limits, which were
-    checked when the class was created: enqueueing can skip the checks."""
-    return (cls.queue is Job.queue and cls.max_retries is Job.max_retries
-            and cls.backoff_strategy is Job.backoff_strategy and cls.timeout is Job.timeout)
+def _overrides(cls: type[Job], method: str) -> bool:
+    """True when ``cls``, or a class between it and Job, defines ``method``."""
+    return any(method in klass.__dict__ for klass in cls.__mro__[:cls.__mro__.index(Job)])
+
+
+# Job classes whose limits no per-instance override can change, so that
+# enqueueing can skip checking what was checked when the class was created.
+_fixed_limits: dict[type[Job], bool] = {}
+
+
+def _limits_are_class_constants(cls: type[Job]) -> bool:
+    fixed = _fixed_limits.get(cls)
+    if fixed is None:
+        fixed = _fixed_limits[cls] = not any(
+            _overrides(cls, method) for method in ("queue", "max_retries", "backoff_strategy", "timeout"))
+    return fixed
 
 
 _PAYLOAD_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
@@ -722,7 +734,7 @@ def _encode_payload(job: Job) -> str:
         # orjson writes NaN and infinities as null; refuse them rather than
         # hand the job a None it never had.  Only payloads with a null pay.
         if b"null" in text:
-            for field, value in payload.items():
+            for value in payload.values():
                 _refuse_non_finite(value)
         return text.decode()
     except TypeError as exc:
@@ -804,9 +816,7 @@ _DATETIME_MAX = datetime.max.replace(tzinfo=timezone.utc)
 _DATETIME_MIN = datetime.min.replace(tzinfo=timezone.utc)
 
 
-def _datetime(epoch: float | None) -> datetime | None:
-    if epoch is None:
-        return None
+def _datetime(epoch: float) -> datetime:
     try:
         return datetime.fromtimestamp(epoch, timezone.utc)
     except (OverflowError, OSError, ValueError):
@@ -814,6 +824,10 @@ def _datetime(epoch: float | None) -> datetime | None:
         # jobs are refused such times).  Clamped, so that the row can still
         # be read, listed, retried or purged.
         return _DATETIME_MAX if epoch > 0 else _DATETIME_MIN
+
+
+def _optional_datetime(epoch: float | None) -> datetime | None:
+    return None if epoch is None else _datetime(epoch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -939,8 +953,8 @@ class JobInfo:
             max_retries=MaxRetries.from_column(max_retries),
             backoff=Backoff.from_column(backoff, backoff_value), timeout=timeout_ms,
             priority=priority, unique_key=unique_key, run_at=_datetime(run_at),
-            created_at=_datetime(created_at), started_at=_datetime(started_at),
-            finished_at=_datetime(finished_at), last_error=last_error,
+            created_at=_datetime(created_at), started_at=_optional_datetime(started_at),
+            finished_at=_optional_datetime(finished_at), last_error=last_error,
             result=None if result is None else _loads_or_raw(result),
         )
 
@@ -1119,7 +1133,7 @@ def _open_schema(conn: sqlite3.Connection, path: str, synchronous: str, create: 
         raise StoreError(f"{path}: could not switch to WAL mode (it stays in {mode!r} mode)")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
 
-    def create(conn: sqlite3.Connection) -> None:
+    def create_tables(conn: sqlite3.Connection) -> None:
         # Read again under the write lock: another process may have
         # migrated the file since the check above.
         row = conn.execute("SELECT value FROM litejobs_meta WHERE key = 'schema_version'").fetchone() \
@@ -1135,10 +1149,11 @@ def _open_schema(conn: sqlite3.Connection, path: str, synchronous: str, create: 
             (str(_SCHEMA_VERSION),),
         )
 
-    _with_retries(conn, create, write=True)
+    _with_retries(conn, create_tables, write=True)
 
 
-def _insert_jobs(conn: sqlite3.Connection, rows: Sequence[NewJob], clock: Callable[[], float]) -> list[tuple[int, bool]]:
+def _insert_jobs(conn: sqlite3.Connection, rows: Sequence[NewJob],
+                 clock: Callable[[], float]) -> list[tuple[int, bool]]:
     """Insert jobs, all or nothing, as (id, inserted) pairs: a unique_key
     already pending or running gives the existing id and inserts nothing."""
     now = clock()
@@ -1155,8 +1170,13 @@ def _insert_jobs(conn: sqlite3.Connection, rows: Sequence[NewJob], clock: Callab
             if existing is not None:
                 ids.append((existing[0], False))
                 continue
-        ids.append((conn.execute(_SQL_INSERT_JOB, row._row(now)).lastrowid, True))
+        ids.append((_inserted_id(conn.execute(_SQL_INSERT_JOB, row._row(now))), True))
     return ids
+
+
+def _inserted_id(cursor: sqlite3.Cursor) -> int:
+    """The id an INSERT gave its row (the DB-API types it as maybe None)."""
+    return cast(int, cursor.lastrowid)
 
 
 def _new_jobs(jobs: Iterable[Job | NewJob], options: dict[str, Any]) -> list[NewJob]:
@@ -1360,10 +1380,10 @@ def _enqueue_recurring(conn: sqlite3.Connection, now: float) -> list[tuple[int, 
         missed = math.floor((now - next_run) / interval)
         tick = next_run + missed * interval
         if last_id is None or conn.execute(_SQL_STILL_PENDING, (last_id,)).fetchone() is None:
-            last_id = conn.execute(
+            last_id = _inserted_id(conn.execute(
                 _SQL_INSERT_JOB,
                 (name, queue, payload, priority, tick, max_retries, backoff, value, timeout, None, now),
-            ).lastrowid
+            ))
             enqueued.append((last_id, name, queue))
         conn.execute("UPDATE litejobs_recurring SET next_run = ?, last_id = ? WHERE key = ?",
                      (tick + interval, last_id, key))
@@ -1436,20 +1456,39 @@ class _Outcome:
         return [self.job_id, self.lease, self.state, run_at, finished, error, self.result, self.uncount]
 
 
-def _failure_outcome(row: Sequence, error: str, event: str, requested_delay: float | None = None,
+class _Claimed(NamedTuple):
+    """A job as a claim (or the watchdog) took it: what an attempt needs.
+    The claim's and the watchdog's SELECTs return exactly these columns."""
+
+    id: int
+    name: str
+    queue: str
+    payload: str
+    attempts: int  # counting this one
+    lease: int  # the fencing token its outcome must present
+    max_retries: int | None
+    backoff: str
+    backoff_value: float
+    timeout_ms: int
+    priority: int
+    run_at: float
+
+    def outcome(self, state: str, event: str, **fields: Any) -> _Outcome:
+        return _Outcome(self.id, self.lease, state, event, self.name, self.queue, self.attempts, **fields)
+
+
+def _failure_outcome(job: _Claimed, error: str, event: str, requested_delay: float | None = None,
                      dead_now: bool = False, duration: float | None = None) -> _Outcome:
-    """Decide retry or death for a failed attempt of a claimed ``row``."""
-    job_id, name, queue, attempts, lease, max_retries, backoff, backoff_value = row[:8]
+    """Decide retry or death for a failed attempt of ``job``."""
     delay = None
     if not dead_now:
         try:
-            delay = _retry_decision(attempts, max_retries, Backoff.from_column(backoff, backoff_value),
+            delay = _retry_decision(job.attempts, job.max_retries, Backoff.from_column(job.backoff, job.backoff_value),
                                     requested_delay)
         except (KeyError, TypeError, ValueError, LiteJobsError) as exc:
             # Only a row edited by hand gets here; it must fail, not crash us.
             error += f"\n(not retried: the row's retry limits are unreadable: {exc!r})"
-    return _Outcome(job_id, lease, "dead" if delay is None else "pending", event, name, queue,
-                    attempts, delay=delay, error=error, duration=duration)
+    return job.outcome("dead" if delay is None else "pending", event, delay=delay, error=error, duration=duration)
 
 
 class _Expiry(NamedTuple):
@@ -1487,7 +1526,7 @@ class _Exchange:
 
     now: float  # the store's clock when the transaction ran
     data_version: int
-    claimed: dict[str, list[tuple]] = dataclasses.field(default_factory=dict)
+    claimed: dict[str, list[_Claimed]] = dataclasses.field(default_factory=dict)
     written: list[_Outcome] = dataclasses.field(default_factory=list)
     cancels: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (id, lease)
     enqueued: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)
@@ -1533,9 +1572,11 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
         reported = {(outcome.job_id, outcome.lease) for outcome in todo}
         for expiry in request.reap:
             row = conn.execute(_SQL_REAPABLE, (*expiry, now)).fetchone()
-            if row is not None and (row[0], row[4]) not in reported:
-                error = f"TimeoutError: attempt {row[3]} did not finish within {row[8]} ms (failed by the watchdog)"
-                todo.append(_failure_outcome(row, error, "timeout"))
+            if row is not None and (row[0], row[5]) not in reported:
+                job = _Claimed(*row)
+                error = (f"TimeoutError: attempt {job.attempts} did not finish within {job.timeout_ms} ms "
+                         "(failed by the watchdog)")
+                todo.append(_failure_outcome(job, error, "timeout"))
         finished: dict[tuple[str, str], int] = {}
         if todo:
             batch = orjson.dumps([outcome.as_json_row(now) for outcome in todo]).decode()
@@ -1562,10 +1603,11 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
         if request.compact:
             _compact_counts(conn, now)
         for queue, limit in request.wants.items():
-            rows = conn.execute(_sql_claim(len(request.names)), (now, queue, limit, *request.names)).fetchall()
+            claimed = [_Claimed(*row) for row in
+                       conn.execute(_sql_claim(len(request.names)), (now, queue, limit, *request.names))]
             # RETURNING gives rows in no promised order: restore the claim's.
-            rows.sort(key=lambda r: (-r[10], r[11], r[0]))
-            answer.claimed[queue] = rows
+            claimed.sort(key=lambda job: (-job.priority, job.run_at, job.id))
+            answer.claimed[queue] = claimed
         answer.next_due = conn.execute(_SQL_NEXT_DUE, (now,)).fetchone()[0]
 
     try:
@@ -1600,10 +1642,6 @@ def _quarantine_broken_rows(conn: sqlite3.Connection, clock: Callable[[], float]
     for job_id, error in rows:
         logger.error("job %s %s", job_id, error)
     return [job_id for job_id, _ in rows]
-
-
-def _data_version(conn: sqlite3.Connection) -> int:
-    return conn.execute("PRAGMA data_version").fetchone()[0]
 
 
 def _set_future(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
@@ -1672,8 +1710,8 @@ class _StoreCalls:
 
     def purge(self, *, state: str | JobState, older_than: float | timedelta = 0) -> Any:
         """Delete done, dead or cancelled jobs that finished over ``older_than`` ago; returns how many."""
-        state = _check_state(state, ("done", "dead", "cancelled"), "purge state")
-        return self._run(_purge_jobs, state, self.clock() - _seconds(older_than, "older_than"))
+        finished_state = _check_state(state, ("done", "dead", "cancelled"), "purge state")
+        return self._run(_purge_jobs, finished_state, self.clock() - _seconds(older_than, "older_than"))
 
     def every(self, interval: float | timedelta, job: Job, *, key: str | None = None) -> Any:
         """Enqueue ``job`` every ``interval`` (at least 1 s), under ``key`` (default: its NAME)."""
@@ -1706,10 +1744,13 @@ class Store(_StoreCalls):
         # The real path: SQLite follows a symlink and keeps the WAL beside
         # the file it points to.  Absolute, because the process may chdir.
         self._wal_path = os.path.realpath(path) + "-wal"
-        # A tuple, replaced whenever a callback comes or goes: _emit walks a
+        # A tuple, replaced whenever a callback comes or goes: emit walks a
         # snapshot, so one that unsubscribes itself makes nobody miss an event.
         self._event_callbacks: tuple[Callable[[Event], Any], ...] = ()
-        self._wakers: set[Callable[[], None]] = set()
+        self._wakers: dict[Callable[[], None], float] = {}  # subscribers, and the poll interval each asked for
+        self._watching: threading.Event | None = None  # set to stop the -wal watcher thread
+        self._watch_interval = _WATCHDOG_INTERVAL
+        self._data_version: int | None = None  # as the last round trip saw it
         self._insert_queue: list[tuple[list[NewJob], asyncio.Future]] = []
         self._insert_busy = False
         self.closed = False
@@ -1753,6 +1794,9 @@ class Store(_StoreCalls):
 
     async def close(self) -> None:
         """Close the connection; every acknowledged write is already committed."""
+        if self._watching is not None:
+            self._watching.set()
+            self._watching = None
         if os.getpid() != self._pid:
             # A forked child: aiosqlite's thread stayed in the parent, which
             # owns the connection and closes it.  Waiting here would hang.
@@ -1783,9 +1827,9 @@ class Store(_StoreCalls):
             return []
         ids = await self._insert(rows)
         if self._event_callbacks:
-            for (job_id, inserted), row in zip(ids, rows):
+            for (job_id, inserted), row in zip(ids, rows, strict=False):
                 if inserted:
-                    self._emit(Event("enqueue", job_id, row.name, row.queue))
+                    self.emit(Event("enqueue", job_id, row.name, row.queue))
         self._wake_workers()
         return [job_id for job_id, _ in ids]
 
@@ -1856,7 +1900,7 @@ class Store(_StoreCalls):
         and its worker cancels it within its poll interval.  Returns the state now."""
         state, event = await self._run(_cancel_job, job_id, self.clock, write=True)
         if event is not None:
-            self._emit(event)
+            self.emit(event)
         self._wake_workers()
         return state
 
@@ -1900,7 +1944,15 @@ class Store(_StoreCalls):
 
         return unsubscribe
 
-    def _emit(self, event: Event) -> None:
+    # -- what a worker needs: the _WorkerStore protocol ---------------------
+
+    @property
+    def listening(self) -> bool:
+        """True when someone listens to events: a worker builds none otherwise."""
+        return bool(self._event_callbacks)
+
+    def emit(self, event: Event) -> None:
+        """Hand ``event`` to every ``on_event`` callback; a failing one is logged, never raised."""
         for callback in self._event_callbacks:
             try:
                 result = callback(event)
@@ -1909,36 +1961,76 @@ class Store(_StoreCalls):
             except Exception:
                 logger.exception("on_event callback %r failed on %s", callback, event)
 
-    def _wake_workers(self) -> None:
-        for wake in self._wakers:
-            wake()
+    def subscribe(self, callback: Callable[[], None], poll_interval: float) -> Callable[[], None]:
+        """Call ``callback()`` on the store's event loop whenever jobs may have
+        changed: at once after a write through this store, and within
+        ``poll_interval`` after another connection's commit.  Returns a
+        function that unsubscribes.
 
-    # -- the seam the worker uses; a PostgreSQL store implements the same --
-
-    async def exchange(self, request: _Request) -> _Exchange:
-        """One worker round trip: outcomes in, watchdog and housekeeping, claims out."""
-        return await self._run(_exchange, request, self.clock)
-
-    async def data_version(self) -> int:
-        """A number that changes whenever another connection commits."""
-        return await self._run(_data_version)
-
-    def change_signature(self) -> tuple[int, int] | None:
-        """The cheapest sign of a commit, read without a trip to the database
-        thread: the WAL file's modification time and size, since every commit
-        writes to it.  None where there is no such file.  (A PostgreSQL store
-        would LISTEN instead.)
-
-        Only stat, never open: closing any descriptor of a file drops every
-        POSIX lock this process holds on it, SQLite's included.  Where the
-        file system keeps coarse times, a commit can go unseen here; the
-        worker's once-a-second data_version check catches it.
+        Other connections' commits are seen by a thread that looks at the
+        size and time of the ``-wal`` file, to which every commit appends: a
+        stat in a thread costs a few microseconds, where waking the event
+        loop as often would cost far more.  It only stats, never opens:
+        closing any descriptor of a file drops every POSIX lock this process
+        holds on it, SQLite's included.  Where the file system keeps coarse
+        times a commit can go unseen there; ``exchange`` also compares
+        ``PRAGMA data_version``, once a second at the latest.
         """
+        self._wakers[callback] = poll_interval
+        self._watch_interval = min(self._wakers.values())
+        if self._watching is None and self.path != ":memory:":
+            self._watching = self._watch_wal()
+
+        def unsubscribe() -> None:
+            if self._wakers.pop(callback, None) is not None and self._wakers:
+                self._watch_interval = min(self._wakers.values())
+            elif not self._wakers and self._watching is not None:
+                self._watching.set()  # the thread ends within a poll interval
+                self._watching = None
+
+        return unsubscribe
+
+    def _watch_wal(self) -> threading.Event:
+        stop, loop = threading.Event(), self._loop
+
+        def watch() -> None:
+            seen = self._wal_signature()
+            while not stop.is_set():
+                time.sleep(self._watch_interval)  # cheaper than stop.wait() per wake-up
+                signature = self._wal_signature()
+                if signature != seen:
+                    seen = signature
+                    try:
+                        loop.call_soon_threadsafe(self._wake_workers)
+                    except RuntimeError:  # the loop has closed
+                        return
+
+        threading.Thread(target=watch, name="litejobs-watch", daemon=True).start()
+        return stop
+
+    def _wal_signature(self) -> tuple[int, int] | None:
         try:
             stat = os.stat(self._wal_path)
         except (OSError, ValueError):
             return None
         return stat.st_mtime_ns, stat.st_size
+
+    def _wake_workers(self) -> None:
+        for wake in list(self._wakers):
+            wake()
+
+    async def exchange(self, request: _Request) -> _Exchange:
+        """One worker round trip: outcomes in, watchdog and housekeeping, claims out.
+
+        Subscribers hear of other connections' commits that this trip saw
+        before it returns, so that a claim in the answer counts as having
+        looked."""
+        answer = await self._run(_exchange, request, self.clock)
+        if answer.data_version != self._data_version:
+            seen_before, self._data_version = self._data_version is not None, answer.data_version
+            if seen_before:
+                self._wake_workers()
+        return answer
 
     async def register_worker(self, worker_id: str, names: Sequence[str]) -> None:
         await self._run(_register_worker, worker_id, names, self.clock, write=True)
@@ -2121,57 +2213,59 @@ def connect_sync(path: str | os.PathLike, **options: Any) -> SyncStore:
 # --------------------------------------------------------------------------
 
 
+class _WorkerStore(Protocol):
+    """All a worker needs of a store, written once.  The SQLite ``Store``
+    fills it in; a server's store would fill in the same."""
+
+    path: str  # names the store in logs
+    clock: Callable[[], float]  # epoch seconds: due times and deadlines are on this clock
+    keep_done: float  # seconds done and cancelled rows are kept
+    closed: bool
+
+    @property
+    def listening(self) -> bool:
+        """Whether anyone listens to events (none is built otherwise)."""
+
+    def emit(self, event: Event) -> None:
+        """Hand an event to the listeners."""
+
+    def subscribe(self, callback: Callable[[], None], poll_interval: float) -> Callable[[], None]:
+        """Call ``callback()`` when jobs may have changed; returns an unsubscribe function."""
+
+    async def exchange(self, request: _Request) -> _Exchange:
+        """One round trip: outcomes in, watchdog and housekeeping, claims out."""
+
+    async def register_worker(self, worker_id: str, names: Sequence[str]) -> None:
+        """Record a running worker and the job names it knows (for the statistics)."""
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Forget a worker that stopped."""
+
+
 class _Attempt:
     """One claimed job running in this worker (slots: one is made per job)."""
 
-    __slots__ = ("row", "job", "store", "started", "task", "timer", "settled", "stopping")
+    __slots__ = ("claimed", "job", "store", "started", "in_thread", "task", "timer", "settled", "stopping")
 
-    def __init__(self, row: tuple, job: Job | None, store: Store) -> None:
-        self.row = row
+    def __init__(self, claimed: _Claimed, job: Job, store: Store, in_thread: bool) -> None:
+        self.claimed = claimed
         self.job = job
         self.store = store
         self.started = time.monotonic()
-        self.task: asyncio.Task | None = None
+        self.in_thread = in_thread  # a ``def run``: its thread cannot be cancelled
+        self.task: asyncio.Task  # set by Worker._start, which needs the attempt to make it
         self.timer: _TimeoutGroup | None = None
-        self.settled = False
-        self.stopping = False
+        self.settled = False  # its outcome is decided and its slot free
+        self.stopping = False  # a graceful stop hands it back unspent
 
     def context(self) -> JobContext:
-        return JobContext(self.row[0], self.row[1], self.row[2], self.row[4], self.store)
-
-    @property
-    def job_id(self) -> int:
-        return self.row[0]
-
-    @property
-    def name(self) -> str:
-        return self.row[1]
-
-    @property
-    def queue(self) -> str:
-        return self.row[2]
-
-    @property
-    def lease(self) -> int:
-        return self.row[5]
+        claimed = self.claimed
+        return JobContext(claimed.id, claimed.name, claimed.queue, claimed.attempts, self.store)
 
     @property
     def timeout(self) -> float:
         """Seconds the attempt may run."""
-        return self.row[9] / 1000
-
-    def limits(self) -> tuple:
-        """The claimed row in the order _failure_outcome reads it."""
-        job_id, name, queue, _payload, attempts, lease, max_retries, backoff, backoff_value = self.row[:9]
-        return (job_id, name, queue, attempts, lease, max_retries, backoff, backoff_value)
-
-    def outcome(self, state: str, event: str, **fields: Any) -> _Outcome:
-        row = self.row
-        return _Outcome(row[0], row[5], state, event, row[1], row[2], row[4], **fields)
-
-
-def _earliest(a: float | None, b: float | None) -> float | None:
-    return b if a is None else a if b is None else min(a, b)
+        return self.claimed.timeout_ms / 1000
 
 
 class _TimeoutGroup:
@@ -2188,6 +2282,10 @@ class _TimeoutGroup:
 
 def _format_error(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 # The workers that SIGINT and SIGTERM stop, per event loop.  A loop has one
@@ -2227,6 +2325,125 @@ def _forget_signals(loop: asyncio.AbstractEventLoop, worker: Worker) -> None:
             loop.remove_signal_handler(sig)
 
 
+class _Planner:
+    """The worker's decisions, with no I/O: what to ask of the store in each
+    round trip, what to remember from the answer, and how long to sleep.
+
+    Every call takes the time it happens at: ``now`` on the store's clock
+    (due times) and ``mono`` on the monotonic one (the worker's own
+    schedule, which no wall-clock step moves).  Tests step it call by call.
+    """
+
+    def __init__(self, capacity: dict[str, int], names: Sequence[str], keep_done: float) -> None:
+        self.capacity = capacity
+        self.names = names
+        self.keep_done = keep_done
+        self.running = dict.fromkeys(capacity, 0)
+        self.stopping = False
+        # Queues that may hold due jobs: asked at their next free slot, and
+        # forgotten only when a claim there came back with fewer than asked.
+        self.unclaimed: set[str] = set(capacity)
+        self.check_cancels = False  # a cancellation may have been asked for
+        self.next_due: float | None = None  # store clock
+        self.next_housekeeping = 0.0  # monotonic, like next_compact
+        self.next_compact = 0.0
+        self.more_to_prune = False
+        # Expired attempts of other workers, (id, lease) -> (deadline, first
+        # seen): failed only once seen expired for _WATCHDOG_CONFIRM seconds.
+        self.suspects: dict[tuple[int, int], tuple[float, float]] = {}
+        self.clock_offset: float | None = None  # store clock - monotonic when deadlines were last right
+
+    def something_changed(self) -> None:
+        """Jobs may have been enqueued, retried or cancelled: look everywhere."""
+        self.unclaimed.update(self.capacity)
+        self.check_cancels = True
+
+    def plan(self, now: float, mono: float, attempts: Collection[_Attempt],
+             outcomes: Sequence[_Outcome]) -> _Request:
+        """What to ask of the store this time round."""
+        request = _Request(outcomes=outcomes, names=self.names)
+        housekeeping = mono >= self.next_housekeeping
+        if housekeeping:
+            self.next_housekeeping = mono + _WATCHDOG_INTERVAL
+        if not self.stopping:
+            if self.next_due is not None and now >= self.next_due:
+                self.unclaimed.update(self.capacity)
+                self.next_due = None
+            for queue in self.unclaimed:
+                free = self.capacity[queue] - self.running[queue]
+                if free > 0:
+                    request.wants[queue] = free
+            if housekeeping:
+                request.housekeeping = True
+                request.reap = [_Expiry(job_id, lease, deadline)
+                                for (job_id, lease), (deadline, seen) in self.suspects.items()
+                                if mono - seen >= _WATCHDOG_CONFIRM]
+            if housekeeping or self.more_to_prune:
+                request.prune_before = now - self.keep_done
+            if mono >= self.next_compact:
+                self.next_compact = mono + 6 * 3600
+                request.compact = True
+        # The wall clock stepped (or an injected one moved): say again, in
+        # its new time, when each running attempt runs out, so that no
+        # watchdog takes a live attempt for a dead one.
+        offset = now - mono
+        if not attempts:
+            self.clock_offset = offset
+        elif self.clock_offset is None or abs(offset - self.clock_offset) > _CLOCK_STEP:
+            request.renew = [(a.claimed.id, a.claimed.lease, a.timeout - (mono - a.started)) for a in attempts]
+            self.clock_offset = offset
+        request.look_for_cancels = self.check_cancels and bool(attempts)
+        self.check_cancels = False
+        return request
+
+    def failed(self, request: _Request) -> None:
+        """Nothing of ``request`` was written: ask for all of it again."""
+        self.unclaimed.update(request.wants)
+        self.check_cancels |= request.look_for_cancels
+        if request.renew:
+            self.clock_offset = None
+        if request.housekeeping:
+            self.next_housekeeping = 0.0
+
+    def took(self, request: _Request, answer: _Exchange, mono: float, attempts: Collection[_Attempt]) -> None:
+        """Remember what the store answered to ``request``."""
+        # The store's next_due only sees jobs due later than its now.  A due
+        # time known here stays known unless this trip claimed in every
+        # queue: a trip that reached the store late must not erase it.
+        known = None if len(request.wants) == len(self.capacity) else self.next_due
+        self.next_due = _earliest(known, answer.next_due)
+        for outcome in answer.written:
+            if outcome.state == "pending" and outcome.delay is not None:  # a retry, maybe due before next_due
+                self.next_due = _earliest(self.next_due, answer.now + outcome.delay)
+        self.more_to_prune = answer.more_to_prune
+        for queue, claimed in answer.claimed.items():
+            if len(claimed) < request.wants[queue]:
+                self.unclaimed.discard(queue)
+        for _job_id, _name, queue in answer.enqueued:  # recurring ticks, due now
+            if queue in self.capacity:
+                self.unclaimed.add(queue)
+        if request.housekeeping:
+            own = {(a.claimed.id, a.claimed.lease) for a in attempts}
+            suspects = {}
+            for job_id, lease, deadline in answer.expired:
+                if (job_id, lease) not in own:
+                    seen_deadline, seen = self.suspects.get((job_id, lease), (None, mono))
+                    suspects[job_id, lease] = (deadline, seen if seen_deadline == deadline else mono)
+            self.suspects = suspects
+
+    def go_again(self) -> bool:
+        """True when another round trip is worth making before any sleep."""
+        return self.more_to_prune or not self.stopping and any(
+            self.running[queue] < self.capacity[queue] for queue in self.unclaimed)
+
+    def sleep_for(self, now: float, mono: float) -> float:
+        """Seconds to sleep, unless woken: until housekeeping or the next due time."""
+        timeout = max(self.next_housekeeping - mono, 0.0)
+        if self.next_due is not None and not self.stopping:
+            timeout = min(timeout, max(self.next_due - now, 0.0))
+        return timeout
+
+
 class Worker:
     """Runs the registered jobs from a store, with per-queue concurrency.
 
@@ -2246,6 +2463,9 @@ class Worker:
         shutdown_timeout: float = 10.0,
     ) -> None:
         self.store = store
+        # The worker uses only what the _WorkerStore protocol names; the type
+        # checker holds it to that.
+        self._store: _WorkerStore = store
         self._registry: dict[str, type[Job]] = {}
         for cls in jobs:
             cls = _check_registrable(cls)
@@ -2281,40 +2501,23 @@ class Worker:
         self._state_source = state
         self.state: Any = None
         self._id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-        self._running: dict[str, int] = dict.fromkeys(self._capacity, 0)
+        self._planner = _Planner(self._capacity, self._names, store.keep_done)
         # A set, not a dict by id: after the watchdog takes a job away from a
         # frozen attempt, this worker may claim the same job again.
         self._attempts: set[_Attempt] = set()
-        self._outcomes: list[_Outcome] = []
+        self._outcomes: list[_Outcome] = []  # decided, not yet written
+        self._in_flight: tuple[_Request, asyncio.Future] | None = None
         self._waiter: asyncio.Future | None = None
         self._woken = False
-        self._stopping = False
-        # Queues that may hold due jobs: asked at their next free slot, and
-        # forgotten only when a claim there came back with fewer than asked.
-        self._unclaimed: set[str] = set(self._capacity)
-        self._check_cancels = False  # a cancellation may have been asked for
-        self._next_due: float | None = None  # on the store's clock
-        # The worker's own schedule runs on the monotonic clock, which no
-        # wall-clock step moves.
-        self._next_housekeeping = 0.0
-        self._next_compact = 0.0
-        self._more_to_prune = False
-        # Expired attempts of other workers, (id, lease) -> (deadline, first
-        # seen): failed only once seen expired for _WATCHDOG_CONFIRM seconds.
-        self._suspects: dict[tuple[int, int], tuple[float, float]] = {}
-        self._clock_offset: float | None = None  # store clock - monotonic, when deadlines were last right
-        self._in_flight: tuple[_Request, asyncio.Future] | None = None
         self._task: asyncio.Task | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._watcher: threading.Event | None = None
-        self._watch_blind = False
+        self._loop = cast(asyncio.AbstractEventLoop, None)  # set by run()
         self.claims = 0  # round trips that asked the store for jobs; tests watch it
 
     # -- lifecycle ---------------------------------------------------------
 
     def stop(self) -> None:
         """Stop claiming, let running jobs finish (up to shutdown_timeout), then return."""
-        self._stopping = True
+        self._planner.stopping = True
         self._wakeup()
 
     async def __aenter__(self) -> Worker:
@@ -2330,16 +2533,14 @@ class Worker:
         """Serve jobs until ``stop()``, SIGINT or SIGTERM, then stop gracefully."""
         loop = self._loop = asyncio.get_running_loop()
         self.state = await self._make_state()
-        self.store._wakers.add(self._notify)
+        unsubscribe = self._store.subscribe(self._notify, self.poll_interval)
         signals = False
         try:
-            await self.store.register_worker(self._id, self._names)
+            await self._store.register_worker(self._id, self._names)
             # Only once the start succeeded: a worker that failed to start
             # must not leave the process deaf to Ctrl-C.
             signals = handle_signals and _stop_on_signals(loop, self)
-            self._watcher = self._start_watcher(loop)
-            self._clock_offset = self.store.clock() - time.monotonic()
-            logger.info("worker started on %s: queues %s, jobs %s", self.store.path, self._capacity, self._names)
+            logger.info("worker started on %s: queues %s, jobs %s", self._store.path, self._capacity, self._names)
             try:
                 await self._serve()
             except asyncio.CancelledError:
@@ -2348,19 +2549,16 @@ class Worker:
                 await asyncio.shield(self._hand_back_all())
                 raise
         finally:
-            if self._watcher is not None:
-                self._watcher.set()  # the thread ends within a poll interval
-                self._watcher = None
-            self.store._wakers.discard(self._notify)
+            unsubscribe()
             if signals:
                 _forget_signals(loop, self)
             for attempt in self._attempts:  # only after an error: nothing can record them now
                 attempt.task.cancel()
             try:
-                await asyncio.shield(self.store.unregister_worker(self._id))
+                await asyncio.shield(self._store.unregister_worker(self._id))
             except (StoreError, asyncio.CancelledError):
                 pass
-            self._stopping = False
+            self._planner.stopping = False
             logger.info("worker stopped")
 
     async def _make_state(self) -> Any:
@@ -2370,46 +2568,16 @@ class Worker:
         state = source(self.store)
         return await state if inspect.isawaitable(state) else state
 
-    def _start_watcher(self, loop: asyncio.AbstractEventLoop) -> threading.Event | None:
-        """Watch the WAL file for other processes' commits from a thread.
-
-        A stat every poll interval in a thread costs a few microseconds;
-        waking the event loop as often would cost far more.  Every commit
-        appends to the WAL, so a change of its size or time means "look".
-        Returns the Event that stops the thread, or None where there is no
-        WAL file (then the loop polls PRAGMA data_version itself).
-        """
-        store, interval = self.store, self.poll_interval
-        if store.change_signature() is None:
-            return None
-        stop = threading.Event()
-
-        def watch() -> None:
-            seen = store.change_signature()
-            while not stop.is_set():
-                time.sleep(interval)  # cheaper than stop.wait(interval) per wake-up
-                signature = store.change_signature()
-                self._watch_blind = signature is None  # then the loop polls instead
-                if signature != seen:
-                    seen = signature
-                    try:
-                        loop.call_soon_threadsafe(self._notify)
-                    except RuntimeError:  # the loop has closed
-                        return
-
-        threading.Thread(target=watch, name="litejobs-watch", daemon=True).start()
-        return stop
-
     def _wakeup(self) -> None:
         self._woken = True
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(True)
 
-    async def _sleep(self, timeout: float) -> bool:
-        """Sleep until woken or ``timeout`` seconds pass; True if woken.
+    async def _sleep(self, timeout: float) -> None:
+        """Sleep until woken or ``timeout`` seconds pass.
 
-        A future and a timer, not wait_for: this runs every poll interval of
-        an idle worker, and should cost next to nothing.
+        A future and a timer, not wait_for: this runs every time an idle
+        worker wakes, and should cost next to nothing.
         """
         if not self._woken:
             self._waiter = waiter = self._loop.create_future()
@@ -2419,86 +2587,21 @@ class Worker:
             finally:
                 timer.cancel()
                 self._waiter = None
-        woken, self._woken = self._woken, False
-        return woken
+        self._woken = False
 
     def _notify(self) -> None:
-        """Something was enqueued or cancelled: look now."""
-        self._unclaimed.update(self._capacity)
-        self._check_cancels = True
+        """The store says jobs may have changed: look now."""
+        self._planner.something_changed()
         self._wakeup()
 
     # -- the loop: one round trip to the store at a time -------------------
 
-    def _request(self, now: float, mono: float) -> _Request:
-        """What to ask of the store this time round, at ``now`` on the
-        store's clock and ``mono`` on the monotonic one."""
-        request = _Request(names=self._names)
-        housekeeping = mono >= self._next_housekeeping
-        if housekeeping:
-            self._next_housekeeping = mono + _WATCHDOG_INTERVAL
-        if not self._stopping:
-            if self._next_due is not None and now >= self._next_due:
-                self._unclaimed.update(self._capacity)
-                self._next_due = None
-            for queue in self._unclaimed:
-                free = self._capacity[queue] - self._running[queue]
-                if free > 0:
-                    request.wants[queue] = free
-            if request.wants:
-                self.claims += 1
-            if housekeeping:
-                request.housekeeping = True
-                request.reap = [_Expiry(job_id, lease, deadline)
-                                for (job_id, lease), (deadline, seen) in self._suspects.items()
-                                if mono - seen >= _WATCHDOG_CONFIRM]
-            if request.housekeeping or self._more_to_prune:
-                request.prune_before = now - self.store.keep_done
-            if mono >= self._next_compact:
-                self._next_compact = mono + 6 * 3600
-                request.compact = True
-        # The wall clock stepped (or an injected one moved): say again, in
-        # its new time, when each running attempt runs out, so that no
-        # watchdog takes a live attempt for a dead one.
-        offset = now - mono
-        if not self._attempts:
-            self._clock_offset = offset
-        elif self._clock_offset is None or abs(offset - self._clock_offset) > _CLOCK_STEP:
-            request.renew = [(a.job_id, a.lease, a.timeout - (mono - a.started)) for a in self._attempts]
-            self._clock_offset = offset
-        request.look_for_cancels = self._check_cancels and bool(self._attempts)
-        self._check_cancels = False
-        request.outcomes, self._outcomes = self._outcomes, []
-        return request
-
-    def _request_failed(self, request: _Request) -> None:
-        """Nothing of ``request`` was written: ask for all of it again."""
-        self._outcomes[:0] = request.outcomes
-        self._unclaimed.update(request.wants)
-        self._check_cancels |= request.look_for_cancels
-        if request.renew:
-            self._clock_offset = None
-        if request.housekeeping:
-            self._next_housekeeping = 0.0
-
-    async def _round_trip(self, request: _Request) -> _Exchange:
-        """The store's answer to ``request``.  Shielded: if run() is cancelled
-        meanwhile, the trip still ends, and _hand_back_all hands back what it
-        claimed instead of leaving those jobs running for the watchdog."""
-        trip = asyncio.ensure_future(self.store.exchange(request))
-        self._in_flight = (request, trip)
-        answer = await asyncio.shield(trip)
-        self._in_flight = None
-        return answer
-
     async def _serve(self) -> None:
-        store = self.store
-        loop = asyncio.get_running_loop()
-        last_version: int | None = None
+        planner, store, loop = self._planner, self._store, self._loop
         stop_deadline: float | None = None
         failures = 0
         while True:
-            if self._stopping:
+            if planner.stopping:
                 if stop_deadline is None:
                     stop_deadline = loop.time() + self.shutdown_timeout
                     logger.info("stopping: waiting for %d running job(s)", len(self._attempts))
@@ -2506,134 +2609,105 @@ class Worker:
                     await self._abandon_running()
                 if not self._attempts and not self._outcomes:
                     return
-            request = self._request(store.clock(), time.monotonic())
+            outcomes, self._outcomes = self._outcomes, []
+            request = planner.plan(store.clock(), time.monotonic(), self._attempts, outcomes)
             if not request.asks_nothing():
+                self.claims += bool(request.wants)
                 try:
                     answer = await self._round_trip(request)
                 except Exception as exc:
-                    self._in_flight = None
-                    self._request_failed(request)
-                    if store.closed:
-                        raise StoreError(f"the store for {store.path!r} was closed while its worker ran: "
-                                         "stop the worker first, then close the store") from None
-                    # Nothing was written: keep the outcomes and try again.
-                    # Fencing makes a late write harmless, so none is lost.
+                    self._outcomes[:0] = outcomes  # nothing was written: ask again
+                    planner.failed(request)
                     failures += 1
-                    if stop_deadline is not None and loop.time() >= stop_deadline and failures >= 3:
-                        logger.error("giving up on recording %d outcome(s) while stopping: %s; the watchdog "
-                                     "will retry those jobs", len(self._outcomes), exc)
-                        self._outcomes.clear()
+                    if self._give_up(exc, failures, stop_deadline):
                         return
-                    if isinstance(exc, StoreError):
-                        logger.warning("store round trip failed (try %d), retrying: %s", failures, exc)
-                    else:  # a bug of ours: say all there is, but keep serving
-                        logger.exception("store round trip failed (try %d), retrying", failures)
                     await asyncio.sleep(min(0.05 * 2**failures, 2.0))
                     continue
                 failures = 0
-                self._take_answer(request, answer)
-                if last_version is not None and answer.data_version != last_version:
-                    # Another connection committed: claims of this trip saw it,
-                    # the other queues look again.
-                    self._check_cancels = True
-                    unseen = set(self._capacity) - set(request.wants)
-                    if not unseen <= self._unclaimed:
-                        self._unclaimed |= unseen
-                        last_version = answer.data_version
-                        continue
-                last_version = answer.data_version
-                if self._outcomes or self._more_to_prune or not self._stopping and any(
-                        self._running[q] < self._capacity[q] for q in self._unclaimed):
+                planner.took(request, answer, time.monotonic(), self._attempts)
+                self._carry_out(answer)
+                if self._outcomes or planner.go_again():
                     await asyncio.sleep(0)  # let finished jobs report, then go again
                     continue
-
-            # With a watcher thread looking at the file, the loop itself only
-            # wakes for due times and the once-a-second housekeeping.
-            watched = self._watcher is not None and not self._watch_blind
-            timeout = _WATCHDOG_INTERVAL if watched else self.poll_interval
-            timeout = min(timeout, max(self._next_housekeeping - time.monotonic(), 0.0))
-            if self._next_due is not None:
-                timeout = min(timeout, max(self._next_due - store.clock(), 0.0))
+            timeout = planner.sleep_for(store.clock(), time.monotonic())
             if stop_deadline is not None and stop_deadline > loop.time():
                 timeout = min(timeout, stop_deadline - loop.time())
-            if not await self._sleep(timeout) and not watched and (not self._stopping or self._attempts):
-                try:  # no file to watch (an in-memory database): ask SQLite
-                    version = await store.data_version()
-                except StoreError as exc:
-                    logger.warning("could not check the database for changes: %s", exc)
-                else:
-                    if version != last_version:
-                        self._unclaimed.update(self._capacity)
-                        self._check_cancels = True
-                        last_version = version
+            await self._sleep(timeout)
 
-    def _take_answer(self, request: _Request, answer: _Exchange) -> None:
-        emit = self.store._emit
-        # The store's next_due only sees jobs due later than its now.  A due
-        # time this worker knew stays known unless this trip claimed in every
-        # queue: a trip that reached the store late must not erase it.
-        known = None if len(request.wants) == len(self._capacity) else self._next_due
-        self._next_due = _earliest(known, answer.next_due)
-        self._more_to_prune = answer.more_to_prune
-        if request.housekeeping:
-            mono = time.monotonic()
-            own = {(attempt.job_id, attempt.lease) for attempt in self._attempts}
-            suspects = {}
-            for job_id, lease, deadline in answer.expired:
-                if (job_id, lease) not in own:
-                    seen_deadline, seen = self._suspects.get((job_id, lease), (None, mono))
-                    suspects[job_id, lease] = (deadline, seen if seen_deadline == deadline else mono)
-            self._suspects = suspects
-        for job_id, name, queue in answer.enqueued:  # recurring ticks, due now
+    async def _round_trip(self, request: _Request) -> _Exchange:
+        """The store's answer to ``request``.  Shielded: if run() is cancelled
+        meanwhile, the trip still ends, and _hand_back_all hands back what it
+        claimed instead of leaving those jobs running for the watchdog."""
+        trip = asyncio.ensure_future(self._store.exchange(request))
+        self._in_flight = (request, trip)
+        try:
+            return await asyncio.shield(trip)
+        finally:
+            if trip.done():
+                self._in_flight = None
+
+    def _give_up(self, exc: Exception, failures: int, stop_deadline: float | None) -> bool:
+        """A round trip failed; nothing was written.  Raise if it never can
+        succeed, True to stop trying, False to try again (fencing makes a
+        late write harmless, so nothing is lost by waiting)."""
+        if self._store.closed:
+            raise StoreError(f"the store for {self._store.path!r} was closed while its worker ran: "
+                             "stop the worker first, then close the store") from None
+        if stop_deadline is not None and self._loop.time() >= stop_deadline and failures >= 3:
+            logger.error("giving up on recording %d outcome(s) while stopping: %s; the watchdog "
+                         "will retry those jobs", len(self._outcomes), exc)
+            self._outcomes.clear()
+            return True
+        if isinstance(exc, StoreError):
+            logger.warning("store round trip failed (try %d), retrying: %s", failures, exc)
+        else:  # a bug of ours: say all there is, but keep serving
+            logger.exception("store round trip failed (try %d), retrying", failures)
+        return False
+
+    def _carry_out(self, answer: _Exchange) -> None:
+        """Do what the answer says: report, stop cancelled jobs, start claimed ones."""
+        emit = self._store.emit
+        for job_id, name, queue in answer.enqueued:
             emit(Event("enqueue", job_id, name, queue))
-            if queue in self._capacity:
-                self._unclaimed.add(queue)
         for outcome in answer.written:
             self._emit_outcome(outcome)
-            if outcome.state == "pending" and outcome.delay is not None:
-                # A retry due at once, or before the store's next_due.
-                self._next_due = _earliest(self._next_due, answer.now + outcome.delay)
         if answer.cancels:
             asked = set(answer.cancels)
             for attempt in list(self._attempts):
-                if (attempt.job_id, attempt.lease) in asked:
+                if (attempt.claimed.id, attempt.claimed.lease) in asked:
                     self._cancel_attempt(attempt)
         groups: dict[int, _TimeoutGroup] = {}
-        for queue, rows in answer.claimed.items():
-            if len(rows) < request.wants[queue]:
-                self._unclaimed.discard(queue)
-            for row in rows:
-                group = groups.get(row[9])
+        for claimed in answer.claimed.values():
+            for job in claimed:
+                group = groups.get(job.timeout_ms)
                 if group is None:
-                    group = groups[row[9]] = _TimeoutGroup()
-                self._start(row, group)
+                    group = groups[job.timeout_ms] = _TimeoutGroup()
+                self._start(job, group)
         for timeout_ms, group in groups.items():
             if group.live:
                 group.timer = self._loop.call_later(timeout_ms / 1000, self._group_timed_out, group)
 
     # -- running one attempt -----------------------------------------------
 
-    def _start(self, row: tuple, group: _TimeoutGroup) -> None:
-        job_id, name, queue, payload, attempt_no = row[:5]
-        cls = self._registry[name]
-        attempt = _Attempt(row, None, self.store)
+    def _start(self, claimed: _Claimed, group: _TimeoutGroup) -> None:
+        cls = self._registry[claimed.name]
         try:
-            job = cls.from_payload(orjson.loads(payload))
+            job = cls.from_payload(orjson.loads(claimed.payload))
             if not isinstance(job, cls):
                 raise TypeError(f"from_payload() returned {type(job).__name__}, not {cls.__name__}")
         except Exception as exc:
             # It can never succeed, so retrying would only repeat the error.
-            error = f"cannot decode the payload of job {name!r} (id {job_id}): {type(exc).__name__}: {exc}"
+            error = (f"cannot decode the payload of job {claimed.name!r} (id {claimed.id}): "
+                     f"{type(exc).__name__}: {exc}")
             logger.error("%s", error)
-            self._record(_failure_outcome(attempt.limits(), error, "failure", dead_now=True))
+            self._record(_failure_outcome(claimed, error, "failure", dead_now=True))
             return
-        loop = self._loop
-        attempt.job = job
-        self._running[queue] += 1
+        attempt = _Attempt(claimed, job, self.store, self._sync_run[claimed.name])
+        self._planner.running[claimed.queue] += 1
         self._attempts.add(attempt)
-        if self.store._event_callbacks:
-            self.store._emit(Event("start", job_id, name, queue, attempt_no))
-        attempt.task = task = loop.create_task(self._call_run(attempt))
+        if self._store.listening:
+            self._store.emit(Event("start", claimed.id, claimed.name, claimed.queue, claimed.attempts))
+        attempt.task = task = self._loop.create_task(self._call_run(attempt))
         task.add_done_callback(functools.partial(self._finished, attempt))
         attempt.timer = group
         group.attempts.append(attempt)
@@ -2641,18 +2715,18 @@ class Worker:
 
     async def _call_run(self, attempt: _Attempt) -> Any:
         _current_job.set(attempt)
-        job = attempt.job
-        span = job.span() if self._has_span[attempt.row[1]] else None
+        job, name = attempt.job, attempt.claimed.name
+        span = job.span() if self._has_span[name] else None
         if span is None:
-            return await self._call_run_bare(job, attempt.row[1])
+            return await self._call_run_bare(job, attempt.in_thread)
         if hasattr(span, "__aenter__"):
             async with span:
-                return await self._call_run_bare(job, attempt.row[1])
+                return await self._call_run_bare(job, attempt.in_thread)
         with span:
-            return await self._call_run_bare(job, attempt.row[1])
+            return await self._call_run_bare(job, attempt.in_thread)
 
-    async def _call_run_bare(self, job: Job, name: str) -> Any:
-        if not self._sync_run[name]:
+    async def _call_run_bare(self, job: Job, in_thread: bool) -> Any:
+        if not in_thread:
             return await job.run(self.state)
         result = await self._run_in_thread(job.run, self.state)
         return await result if inspect.isawaitable(result) else result
@@ -2693,30 +2767,32 @@ class Worker:
             group.live -= 1
             if group.live == 0 and group.timer is not None:
                 group.timer.cancel()
-        self._running[attempt.queue] -= 1
+        self._planner.running[attempt.claimed.queue] -= 1
         self._attempts.discard(attempt)
         return True
 
     def _finished(self, attempt: _Attempt, task: asyncio.Task) -> None:
+        claimed = attempt.claimed
         if not self._settle(attempt):
             if not task.cancelled() and task.exception() is not None:
-                logger.debug("job %s ended after its attempt was given up: %r", attempt.job_id, task.exception())
+                logger.debug("job %s ended after its attempt was given up: %r", claimed.id, task.exception())
             return
         duration = time.monotonic() - attempt.started
+        error = None if task.cancelled() else task.exception()
         if task.cancelled():
             if attempt.stopping:
-                outcome = attempt.outcome("pending", "requeue", uncount=1)
+                outcome = claimed.outcome("pending", "requeue", uncount=1)
             else:
-                outcome = _failure_outcome(attempt.limits(), "CancelledError: the job's task was cancelled",
+                outcome = _failure_outcome(claimed, "CancelledError: the job's task was cancelled",
                                            "failure", duration=duration)
-        elif duration > attempt.row[9] / 1000:
+        elif duration > attempt.timeout:
             # It blocked the event loop past its TIMEOUT, so the timer could
             # not fire first; it still broke its limit.
-            error = (f"TimeoutError: job {attempt.row[1]!r} (id {attempt.job_id}) exceeded its timeout of "
-                     f"{attempt.row[9]} ms (it ran {duration * 1000:.0f} ms, blocking the event loop)")
-            outcome = _failure_outcome(attempt.limits(), error, "timeout", duration=duration)
-        elif task.exception() is None:
-            outcome = attempt.outcome("done", "success", duration=duration)
+            timeout_error = (f"TimeoutError: job {claimed.name!r} (id {claimed.id}) exceeded its timeout of "
+                             f"{claimed.timeout_ms} ms (it ran {duration * 1000:.0f} ms, blocking the event loop)")
+            outcome = _failure_outcome(claimed, timeout_error, "timeout", duration=duration)
+        elif error is None:
+            outcome = claimed.outcome("done", "success", duration=duration)
             result = task.result()
             if result is not None:
                 try:
@@ -2724,11 +2800,10 @@ class Worker:
                 except TypeError as exc:
                     outcome.error = f"the job succeeded, but its result could not be stored: {exc}"
         else:
-            exc = task.exception()
             outcome = _failure_outcome(
-                attempt.limits(), _format_error(exc), "failure", duration=duration,
-                dead_now=isinstance(exc, Abort),
-                requested_delay=exc.delay if isinstance(exc, Retry) else None)
+                claimed, _format_error(error), "failure", duration=duration,
+                dead_now=isinstance(error, Abort),
+                requested_delay=error.delay if isinstance(error, Retry) else None)
         self._record(outcome)
 
     def _group_timed_out(self, group: _TimeoutGroup) -> None:
@@ -2739,22 +2814,21 @@ class Worker:
     def _timed_out(self, attempt: _Attempt) -> None:
         if not self._settle(attempt):
             return
-        row = attempt.row
+        claimed = attempt.claimed
         # Cancel, but do not wait: a job that swallows the cancellation must
         # not hold its slot, nor keep the failure from being recorded.
         attempt.task.cancel()
-        error = f"TimeoutError: job {row[1]!r} (id {row[0]}) exceeded its timeout of {row[9]} ms"
+        error = f"TimeoutError: job {claimed.name!r} (id {claimed.id}) exceeded its timeout of {claimed.timeout_ms} ms"
         logger.warning("%s", error)
-        self._record(_failure_outcome(attempt.limits(), error, "timeout",
-                                      duration=time.monotonic() - attempt.started))
+        self._record(_failure_outcome(claimed, error, "timeout", duration=time.monotonic() - attempt.started))
 
     def _cancel_attempt(self, attempt: _Attempt) -> None:
         """``cancel(id)`` was asked for a job running here: stop it, do not retry it."""
         if not self._settle(attempt):
             return
         attempt.task.cancel()
-        self._record(attempt.outcome("cancelled", "cancellation", error="CancelledError: cancelled on request",
-                                     duration=time.monotonic() - attempt.started))
+        self._record(attempt.claimed.outcome("cancelled", "cancellation", error="CancelledError: cancelled on request",
+                                             duration=time.monotonic() - attempt.started))
 
     def _record(self, outcome: _Outcome) -> None:
         self._outcomes.append(outcome)
@@ -2767,8 +2841,8 @@ class Worker:
         and handing the job back would run it twice.  Its TIMEOUT still
         bounds it, so the stop still ends.
         """
-        attempts = [a for a in self._attempts if not a.stopping and not self._sync_run[a.name]]
-        threads = [a for a in self._attempts if not a.stopping and self._sync_run[a.name]]
+        attempts = [a for a in self._attempts if not a.stopping and not a.in_thread]
+        threads = [a for a in self._attempts if not a.stopping and a.in_thread]
         for attempt in threads:
             attempt.stopping = True
         if threads:
@@ -2783,7 +2857,7 @@ class Worker:
         await asyncio.wait([a.task for a in attempts], timeout=1.0)
         for attempt in attempts:  # those that ignored the cancellation
             if self._settle(attempt):
-                self._record(attempt.outcome("pending", "requeue", uncount=1))
+                self._record(attempt.claimed.outcome("pending", "requeue", uncount=1))
 
     async def _hand_back_all(self) -> None:
         """run() was cancelled: hand back every attempt, those of a claim
@@ -2796,27 +2870,26 @@ class Worker:
             except Exception:
                 self._outcomes[:0] = request.outcomes
             else:
-                for rows in answer.claimed.values():
-                    self._outcomes.extend(_Attempt(row, None, self.store).outcome("pending", "requeue", uncount=1)
-                                          for row in rows)
+                self._outcomes.extend(job.outcome("pending", "requeue", uncount=1)
+                                      for claimed in answer.claimed.values() for job in claimed)
         for attempt in list(self._attempts):
-            if self._sync_run[attempt.name]:
+            if attempt.in_thread:
                 # Its thread runs on; handing it back would run it twice.
                 # The watchdog fails the attempt at its TIMEOUT if it never reports.
                 continue
             attempt.stopping = True
             attempt.task.cancel()
             if self._settle(attempt):
-                self._record(attempt.outcome("pending", "requeue", uncount=1))
+                self._record(attempt.claimed.outcome("pending", "requeue", uncount=1))
         outcomes, self._outcomes = self._outcomes, []
         if outcomes:
             try:
-                await self.store.exchange(_Request(outcomes=outcomes, names=self._names))
+                await self._store.exchange(_Request(outcomes=outcomes, names=self._names))
             except StoreError as exc:
                 logger.error("could not record %d outcome(s) on the way out: %s", len(outcomes), exc)
 
     def _emit_outcome(self, outcome: _Outcome) -> None:
-        if outcome.event == "requeue" or (outcome.event == "success" and not self.store._event_callbacks):
+        if outcome.event == "requeue" or (outcome.event == "success" and not self._store.listening):
             return
         if outcome.event in ("failure", "timeout"):
             summary = (outcome.error or "").splitlines()[-1:] or [""]
@@ -2826,7 +2899,7 @@ class Worker:
             else:
                 logger.error("job %s (%s) is dead after %s attempt(s): %s", outcome.job_id, outcome.name,
                              outcome.attempt, summary[0])
-        emit = self.store._emit
+        emit = self._store.emit
         base = (outcome.job_id, outcome.name, outcome.queue, outcome.attempt, outcome.duration)
         emit(Event(outcome.event, *base, error=None if outcome.event == "success" else outcome.error))
         if outcome.event in ("failure", "timeout"):
@@ -2870,7 +2943,7 @@ class _DemoCharge(Job):
 
 async def _demo(path: str) -> int:
     def show(event: Event) -> None:
-        error = f"  ({event.error.splitlines()[-1]})" if event.kind in ("failure", "timeout") else ""
+        error = f"  ({(event.error or '').splitlines()[-1]})" if event.kind in ("failure", "timeout") else ""
         print(f"  job {event.job_id:<3} {event.name:<20} {event.kind:<8} attempt {event.attempt}{error}")
 
     async with connect(path) as store:
@@ -2892,7 +2965,8 @@ async def _demo(path: str) -> int:
         print("What happened to each:")
         for info in infos:
             outcome = repr(info.result) if info.state is JobState.DONE else info.last_error.splitlines()[-1]
-            print(f"  job {info.id:<3} {info.name:<20} {info.state.value:<5} after {info.attempts} attempt(s): {outcome}")
+            print(f"  job {info.id:<3} {info.name:<20} {info.state.value:<5} "
+                  f"after {info.attempts} attempt(s): {outcome}")
     return 0
 
 
@@ -2930,6 +3004,11 @@ def _relative(when: datetime | None, now: float) -> str:
     return f"in {amount}" if delta > 0 else f"{amount} ago"
 
 
+def _when(moment: datetime | None, now: float) -> str:
+    """'2030-01-01T00:00:00+00:00 (in 3d)', or '-' for no time."""
+    return "-" if moment is None else f"{moment.isoformat()} ({_relative(moment, now)})"
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Plain aligned columns: text to the left, numbers to the right."""
     cells = [list(map(str, headers))] + [[str(cell) for cell in row] for row in rows]
@@ -2937,7 +3016,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     numeric = [all(isinstance(row[i], int) for row in rows) and bool(rows) for i in range(len(headers))]
     lines = []
     for row in cells:
-        parts = [cell.rjust(w) if num else cell.ljust(w) for cell, w, num in zip(row, widths, numeric)]
+        parts = [cell.rjust(w) if num else cell.ljust(w) for cell, w, num in zip(row, widths, numeric, strict=False)]
         lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
 
@@ -3017,9 +3096,9 @@ def _command_show(store: SyncStore, args: Any) -> int:
         ("backoff", repr(info.backoff)), ("timeout", f"{info.timeout} ms"), ("priority", info.priority),
         ("unique_key", info.unique_key or "-"),
         ("created", f"{info.created_at.isoformat()} ({_relative(info.created_at, now)})"),
-        ("due", f"{info.run_at.isoformat()} ({_relative(info.run_at, now)})"),
-        ("started", "-" if info.started_at is None else f"{info.started_at.isoformat()} ({_relative(info.started_at, now)})"),
-        ("finished", "-" if info.finished_at is None else f"{info.finished_at.isoformat()} ({_relative(info.finished_at, now)})"),
+        ("due", _when(info.run_at, now)),
+        ("started", _when(info.started_at, now)),
+        ("finished", _when(info.finished_at, now)),
         ("payload", orjson.dumps(info.payload).decode()),
         ("result", "-" if info.result is None else orjson.dumps(info.result).decode()),
     ]
