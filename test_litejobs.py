@@ -3547,3 +3547,117 @@ def test_compaction_folds_old_hourly_counts_and_keeps_the_totals(db):
     run(main())
     hours = [row[0] for row in sqlite3.connect(db).execute("SELECT hour FROM litejobs_counts")]
     assert hours == [0]
+
+
+# -- the worker's decisions, stepped on injected time (no I/O) ---------------------
+
+
+def _planner(capacity=None, keep_done=86_400):
+    capacity = {"default": 2, "email": 1} if capacity is None else capacity
+    return litejobs._Planner(capacity, ["noop"], keep_done)
+
+
+def _answer(now, claimed=None, next_due=None, expired=(), written=()):
+    return litejobs._Exchange(now=now, data_version=1, claimed=claimed or {}, next_due=next_due,
+                              expired=list(expired), written=list(written))
+
+
+def _claimed_row(job_id, queue="default", lease=1, timeout_ms=10_000):
+    return litejobs._Claimed(job_id, "noop", queue, "{}", 1, lease, 5, "linear", 0.0, timeout_ms, 0, T0)
+
+
+def _running(job_id, started, lease=1, timeout_ms=10_000):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(claimed=_claimed_row(job_id, lease=lease, timeout_ms=timeout_ms),
+                           timeout=timeout_ms / 1000, started=started)
+
+
+def test_planner_claims_everywhere_at_first_then_only_where_claims_came_back_full():
+    planner = _planner()
+    request = planner.plan(T0, 100.0, (), ())
+    assert request.wants == {"default": 2, "email": 1} and request.housekeeping
+    planner.took(request, _answer(T0, {"default": [_claimed_row(1), _claimed_row(2)], "email": []}), 100.0, ())
+    planner.running["default"] = 2  # the worker started both
+    assert planner.unclaimed == {"default"} and not planner.go_again()  # full, and no slot free
+    assert planner.plan(T0, 100.1, (), ()).wants == {}
+    planner.running["default"] = 1  # one finished: its queue may hold more
+    assert planner.go_again() and planner.plan(T0, 100.2, (), ()).wants == {"default": 1}
+
+
+def test_planner_asks_a_full_queue_again_when_a_slot_frees_after_a_wake_up():
+    planner = _planner({"default": 1})
+    planner.running["default"] = 1
+    planner.something_changed()  # an enqueue while the only slot is busy
+    assert planner.plan(T0, 0.0, (), ()).wants == {}
+    planner.running["default"] = 0
+    assert planner.plan(T0, 0.1, (), ()).wants == {"default": 1}  # not forgotten meanwhile
+
+
+def test_planner_housekeeping_and_sleep_run_on_the_monotonic_clock():
+    planner = _planner()
+    assert planner.plan(T0, 10.0, (), ()).housekeeping
+    assert not planner.plan(T0 - 600, 10.5, (), ()).housekeeping  # a wall-clock step back changes nothing
+    assert planner.sleep_for(T0 - 600, 10.5) == pytest.approx(0.5)
+    assert planner.plan(T0 - 600, 11.0, (), ()).housekeeping  # a second later on the monotonic clock
+
+
+def test_planner_sleeps_until_the_next_due_time_it_knows():
+    planner = _planner()
+    request = planner.plan(T0, 0.0, (), ())
+    planner.took(request, _answer(T0, {"default": [], "email": []}, next_due=T0 + 0.25), 0.0, ())
+    assert planner.sleep_for(T0, 0.0) == pytest.approx(0.25)
+    assert planner.plan(T0 + 0.25, 0.25, (), ()).wants == {"default": 2, "email": 1}
+
+
+def test_planner_keeps_a_due_time_that_a_late_trip_did_not_claim_for():
+    planner = _planner()
+    planner.took(planner.plan(T0, 0.0, (), ()), _answer(T0, {"default": [], "email": []}, next_due=T0 + 1), 0.0, ())
+    request = planner.plan(T0 + 0.5, 0.5, (), ())  # no claim: nothing due yet
+    assert request.wants == {}
+    planner.took(request, _answer(T0 + 2, next_due=None), 2.0, ())  # answered after the due time
+    assert planner.plan(T0 + 2, 2.0, (), ()).wants == {"default": 2, "email": 1}
+
+
+def test_planner_fails_an_expired_attempt_only_once_seen_so_for_the_confirm_time():
+    planner = _planner()
+    expired = [litejobs._Expiry(7, 1, T0 - 5)]
+    request = planner.plan(T0, 0.0, (), ())
+    planner.took(request, _answer(T0, expired=expired), 0.0, ())
+    assert planner.plan(T0, 1.0, (), ()).reap == []  # seen once: a suspect
+    planner.took(planner.plan(T0, 2.0, (), ()), _answer(T0, expired=expired), 2.0, ())
+    assert planner.plan(T0, 3.0, (), ()).reap == expired  # seen expired since 0.0, and it is 3.0
+    # Its owner wrote a new deadline meanwhile: the watch starts again.
+    planner = _planner()
+    planner.took(planner.plan(T0, 0.0, (), ()), _answer(T0, expired=expired), 0.0, ())
+    renewed = [litejobs._Expiry(7, 1, T0 - 1)]
+    planner.took(planner.plan(T0, 2.0, (), ()), _answer(T0, expired=renewed), 2.0, ())
+    assert planner.plan(T0, 3.0, (), ()).reap == []
+
+
+def test_planner_never_suspects_its_own_attempts():
+    planner = _planner()
+    own = [_running(7, started=0.0)]
+    planner.took(planner.plan(T0, 0.0, own, ()), _answer(T0, expired=[litejobs._Expiry(7, 1, T0 - 5)]), 0.0, own)
+    assert planner.suspects == {}
+
+
+def test_planner_re_expresses_running_deadlines_after_a_clock_step():
+    planner = _planner()
+    planner.plan(T0, 0.0, (), ())
+    attempt = _running(7, started=0.0, timeout_ms=10_000)  # claimed then
+    assert planner.plan(T0 + 0.1, 0.1, [attempt], ()).renew == ()  # the clock is where it was
+    assert planner.plan(T0 + 0.2, 0.2, [attempt], ()).renew == ()
+    request = planner.plan(T0 + 64, 4.0, [attempt], ())  # the wall clock jumped a minute ahead
+    assert request.renew == [(7, 1, pytest.approx(6.0))]  # 10 s of TIMEOUT, 4 s of them gone
+    assert planner.plan(T0 + 64.5, 4.5, [attempt], ()).renew == ()
+
+
+def test_planner_asks_nothing_of_a_stopping_worker_but_its_outcomes():
+    planner = _planner()
+    planner.plan(T0, 0.0, (), ())
+    planner.stopping = True
+    request = planner.plan(T0 + 5, 5.0, (), ())
+    assert request.wants == {} and not request.housekeeping and request.asks_nothing()
+    outcome = _claimed_row(1).outcome("done", "success")
+    assert planner.plan(T0 + 5, 5.1, (), [outcome]).outcomes == [outcome]
