@@ -39,6 +39,7 @@ __all__ = [
     "Backoff",
     "Count",
     "Event",
+    "EventKind",
     "Exponential",
     "Infinite",
     "Job",
@@ -419,6 +420,15 @@ class SerializationError(LiteJobsError, ValueError):
 
 class StoreError(LiteJobsError):
     """The database could not be opened, read or written."""
+
+
+class JobFailed(LiteJobsError):
+    """``Store.wait`` found the job dead or cancelled; ``.job`` is its JobInfo."""
+
+    def __init__(self, job: JobInfo) -> None:
+        self.job = job
+        reason = job.last_error.splitlines()[-1] if job.last_error else "no error recorded"
+        super().__init__(f"job {job.id} ({job.name}) is {job.state.value}: {reason}")
 
 
 class Abort(Exception):
@@ -959,6 +969,31 @@ class JobInfo:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class JobStat:
+    """How many jobs ended one way: this hour, today, this month (UTC) and ever."""
+
+    this_hour: int = 0
+    today: int = 0
+    this_month: int = 0
+    all_time: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueStats:
+    """One queue's counts, as ``Store.stats()`` returns them."""
+
+    pending: int = 0  # due now
+    scheduled: int = 0  # pending, due later
+    running: int = 0
+    done: int = 0  # rows kept (see keep_done)
+    dead: int = 0
+    cancelled: int = 0
+    unregistered: int | None = None  # pending jobs no running worker knows; None: no worker to ask
+    done_counts: JobStat = JobStat()
+    dead_counts: JobStat = JobStat()
+
+
 def _loads_or_raw(text: str) -> Any:
     """Decode JSON from the file; a row damaged behind our back comes back as its text."""
     try:
@@ -990,14 +1025,28 @@ def current() -> JobContext:
         raise LiteJobsError("litejobs.current() was called outside a running job") from None
 
 
+class EventKind(str, Enum):
+    """What happened to a job.  A failed attempt gives two events: ``failure``
+    (or ``timeout``), then ``retry`` or ``death``."""
+
+    ENQUEUE = "enqueue"
+    START = "start"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    TIMEOUT = "timeout"
+    RETRY = "retry"
+    DEATH = "death"
+    CANCELLATION = "cancellation"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclasses.dataclass(frozen=True)
 class Event:
-    """One thing that happened to a job, for ``Store.on_event`` callbacks.
+    """One thing that happened to a job, for ``Store.on_event`` callbacks."""
 
-    ``kind`` is one of: enqueue, start, success, failure, timeout, retry, death.
-    """
-
-    kind: str
+    kind: EventKind
     job_id: int
     name: str
     queue: str
@@ -1007,10 +1056,166 @@ class Event:
 
 
 # --------------------------------------------------------------------------
-# The store: every SQL statement runs in one of the functions below, on a
-# plain sqlite3 connection.  The async Store runs them on aiosqlite's thread,
-# one hop per transaction, so no transaction stays open across an await.
+# The store protocol: what a worker needs of a store, and what crosses
+# between them in a round trip, as named rows
 # --------------------------------------------------------------------------
+
+
+class _WorkerStore(Protocol):
+    """All a worker needs of a store, written once.  The SQLite ``Store``
+    fills it in; a server's store would fill in the same."""
+
+    path: str  # names the store in logs
+    clock: Callable[[], float]  # epoch seconds: due times and deadlines are on this clock
+    keep_done: float  # seconds done and cancelled rows are kept
+    closed: bool
+
+    @property
+    def listening(self) -> bool:
+        """Whether anyone listens to events (none is built otherwise)."""
+
+    def emit(self, event: Event) -> None:
+        """Hand an event to the listeners."""
+
+    def subscribe(self, callback: Callable[[], None], poll_interval: float) -> Callable[[], None]:
+        """Call ``callback()`` when jobs may have changed; returns an unsubscribe function."""
+
+    async def exchange(self, request: _Request) -> _Exchange:
+        """One round trip: outcomes in, watchdog and housekeeping, claims out."""
+
+    async def register_worker(self, worker_id: str, names: Sequence[str]) -> None:
+        """Record a running worker and the job names it knows (for the statistics)."""
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Forget a worker that stopped."""
+
+
+def _storable_text(text: str) -> str:
+    """Text that JSON and SQLite can carry.  A lone surrogate (Python's
+    stand-in for an undecodable byte in a file name) is kept, escaped."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@dataclasses.dataclass
+class _Outcome:
+    """What became of one attempt, waiting to be written with the next batch."""
+
+    job_id: int
+    lease: int
+    state: str  # the row's new state
+    event: str  # success, failure, timeout, cancellation, requeue: for on_event
+    name: str
+    queue: str
+    attempt: int
+    delay: float | None = None  # for pending: seconds from the write until due
+    error: str | None = None
+    result: str | None = None
+    uncount: int = 0  # 1 when a graceful stop hands the attempt back unspent
+    duration: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.error is not None:
+            self.error = _storable_text(self.error)
+
+    def as_json_row(self, now: float) -> list:
+        finished = now if self.state in ("done", "dead", "cancelled") else None
+        run_at = now + self.delay if self.delay is not None else None
+        # SQLite's json_extract stops at a NUL character: spell it out.
+        error = None if self.error is None else self.error.replace("\x00", "\\x00")
+        return [self.job_id, self.lease, self.state, run_at, finished, error, self.result, self.uncount]
+
+
+class _Claimed(NamedTuple):
+    """A job as a claim (or the watchdog) took it: what an attempt needs.
+    The claim's and the watchdog's SELECTs return exactly these columns."""
+
+    id: int
+    name: str
+    queue: str
+    payload: str
+    attempts: int  # counting this one
+    lease: int  # the fencing token its outcome must present
+    max_retries: int | None
+    backoff: str
+    backoff_value: float
+    timeout_ms: int
+    priority: int
+    run_at: float
+
+    def outcome(self, state: str, event: str, **fields: Any) -> _Outcome:
+        return _Outcome(self.id, self.lease, state, event, self.name, self.queue, self.attempts, **fields)
+
+
+def _failure_outcome(job: _Claimed, error: str, event: str, requested_delay: float | None = None,
+                     dead_now: bool = False, duration: float | None = None) -> _Outcome:
+    """Decide retry or death for a failed attempt of ``job``."""
+    delay = None
+    if not dead_now:
+        try:
+            delay = _retry_decision(job.attempts, job.max_retries, Backoff.from_column(job.backoff, job.backoff_value),
+                                    requested_delay)
+        except (KeyError, TypeError, ValueError, LiteJobsError) as exc:
+            # Only a row edited by hand gets here; it must fail, not crash us.
+            error += f"\n(not retried: the row's retry limits are unreadable: {exc!r})"
+    return job.outcome("dead" if delay is None else "pending", event, delay=delay, error=error, duration=duration)
+
+
+class _Expiry(NamedTuple):
+    """An attempt whose deadline has passed, as the watchdog saw it."""
+
+    job_id: int
+    lease: int
+    deadline: float
+
+
+@dataclasses.dataclass
+class _Request:
+    """What a worker asks of the store in one round trip."""
+
+    outcomes: Sequence[_Outcome] = ()
+    wants: dict[str, int] = dataclasses.field(default_factory=dict)  # queue -> free slots
+    names: Sequence[str] = ()  # the job names the worker can run
+    housekeeping: bool = False  # look for expired attempts, recurring ticks and retention this time
+    reap: Sequence[_Expiry] = ()  # expired attempts to fail, if they are still exactly so
+    renew: Sequence[tuple[int, int, float]] = ()  # (id, lease, seconds left): deadlines to re-express
+    look_for_cancels: bool = False
+    prune_before: float | None = None  # delete done/cancelled rows finished before this
+    compact: bool = False
+
+    def asks_nothing(self) -> bool:
+        """True when a round trip would be for nothing.  Every field but the
+        names counts, so a new kind of request can never be left out here."""
+        return not any(getattr(self, field.name) not in (None, False, (), [], {})
+                       for field in dataclasses.fields(self) if field.name != "names")
+
+
+@dataclasses.dataclass
+class _Exchange:
+    """What the store answers."""
+
+    now: float  # the store's clock when the transaction ran
+    data_version: int
+    claimed: dict[str, list[_Claimed]] = dataclasses.field(default_factory=dict)
+    written: list[_Outcome] = dataclasses.field(default_factory=list)
+    cancels: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (id, lease)
+    enqueued: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)
+    expired: list[_Expiry] = dataclasses.field(default_factory=list)
+    next_due: float | None = None
+    more_to_prune: bool = False
+
+
+# --------------------------------------------------------------------------
+# The SQLite store: every SQL statement runs in one of the functions below,
+# on a plain sqlite3 connection.  The async Store runs them on aiosqlite's
+# thread, one hop per transaction, so no transaction stays open across an
+# await; the sync twin runs the same functions under a lock.
+# --------------------------------------------------------------------------
+
+# -- connections and schema --------------------------------------------------
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -1152,6 +1357,9 @@ def _open_schema(conn: sqlite3.Connection, path: str, synchronous: str, create: 
     _with_retries(conn, create_tables, write=True)
 
 
+# -- enqueue -----------------------------------------------------------------
+
+
 def _insert_jobs(conn: sqlite3.Connection, rows: Sequence[NewJob],
                  clock: Callable[[], float]) -> list[tuple[int, bool]]:
     """Insert jobs, all or nothing, as (id, inserted) pairs: a unique_key
@@ -1189,6 +1397,9 @@ def _new_jobs(jobs: Iterable[Job | NewJob], options: dict[str, Any]) -> list[New
         else:
             rows.append(new_job(job, **options))
     return rows
+
+
+# -- inspection and repair ---------------------------------------------------
 
 
 def _get_job(conn: sqlite3.Connection, job_id: int) -> JobInfo | None:
@@ -1242,7 +1453,7 @@ def _cancel_job(conn: sqlite3.Connection, job_id: int, clock: Callable[[], float
         (clock(), job_id),
     ).fetchone()
     if row is not None:
-        return JobState.CANCELLED, Event("cancellation", job_id, *row)
+        return JobState.CANCELLED, Event(EventKind.CANCELLATION, job_id, *row)
     conn.execute("UPDATE litejobs_jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'", (job_id,))
     row = conn.execute("SELECT state FROM litejobs_jobs WHERE id = ?", (job_id,)).fetchone()
     if row is None:
@@ -1264,29 +1475,7 @@ def _purge_jobs(conn: sqlite3.Connection, state: str, before: float) -> int:
             return total
 
 
-@dataclasses.dataclass(frozen=True)
-class JobStat:
-    """How many jobs ended one way: this hour, today, this month (UTC) and ever."""
-
-    this_hour: int = 0
-    today: int = 0
-    this_month: int = 0
-    all_time: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class QueueStats:
-    """One queue's counts, as ``Store.stats()`` returns them."""
-
-    pending: int = 0  # due now
-    scheduled: int = 0  # pending, due later
-    running: int = 0
-    done: int = 0  # rows kept (see keep_done)
-    dead: int = 0
-    cancelled: int = 0
-    unregistered: int | None = None  # pending jobs no running worker knows; None: no worker to ask
-    done_counts: JobStat = JobStat()
-    dead_counts: JobStat = JobStat()
+# -- statistics --------------------------------------------------------------
 
 
 def _hour_marks(now: float) -> tuple[int, int, int]:
@@ -1342,6 +1531,9 @@ def _compact_counts(conn: sqlite3.Connection, now: float) -> None:
     conn.execute("DELETE FROM litejobs_counts WHERE hour > 0 AND hour < ?", (cutoff,))
 
 
+# -- recurring jobs ----------------------------------------------------------
+
+
 def _set_recurring(conn: sqlite3.Connection, key: str, interval: float, row: NewJob,
                    clock: Callable[[], float]) -> None:
     """Store a recurring schedule; the first tick is due at once.  Declaring
@@ -1390,6 +1582,9 @@ def _enqueue_recurring(conn: sqlite3.Connection, now: float) -> list[tuple[int, 
     return enqueued
 
 
+# -- workers and their round trip --------------------------------------------
+
+
 def _register_worker(conn: sqlite3.Connection, worker_id: str, names: Sequence[str],
                      clock: Callable[[], float]) -> None:
     """Record a worker and its job names; forget workers of this host whose process is gone."""
@@ -1415,124 +1610,6 @@ def _process_alive(pid: int) -> bool:
     except OSError:  # alive, but somebody else's
         return True
     return True
-
-
-def _storable_text(text: str) -> str:
-    """Text that JSON and SQLite can carry.  A lone surrogate (Python's
-    stand-in for an undecodable byte in a file name) is kept, escaped."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-@dataclasses.dataclass
-class _Outcome:
-    """What became of one attempt, waiting to be written with the next batch."""
-
-    job_id: int
-    lease: int
-    state: str  # the row's new state
-    event: str  # success, failure, timeout, cancellation, requeue: for on_event
-    name: str
-    queue: str
-    attempt: int
-    delay: float | None = None  # for pending: seconds from the write until due
-    error: str | None = None
-    result: str | None = None
-    uncount: int = 0  # 1 when a graceful stop hands the attempt back unspent
-    duration: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.error is not None:
-            self.error = _storable_text(self.error)
-
-    def as_json_row(self, now: float) -> list:
-        finished = now if self.state in ("done", "dead", "cancelled") else None
-        run_at = now + self.delay if self.delay is not None else None
-        # SQLite's json_extract stops at a NUL character: spell it out.
-        error = None if self.error is None else self.error.replace("\x00", "\\x00")
-        return [self.job_id, self.lease, self.state, run_at, finished, error, self.result, self.uncount]
-
-
-class _Claimed(NamedTuple):
-    """A job as a claim (or the watchdog) took it: what an attempt needs.
-    The claim's and the watchdog's SELECTs return exactly these columns."""
-
-    id: int
-    name: str
-    queue: str
-    payload: str
-    attempts: int  # counting this one
-    lease: int  # the fencing token its outcome must present
-    max_retries: int | None
-    backoff: str
-    backoff_value: float
-    timeout_ms: int
-    priority: int
-    run_at: float
-
-    def outcome(self, state: str, event: str, **fields: Any) -> _Outcome:
-        return _Outcome(self.id, self.lease, state, event, self.name, self.queue, self.attempts, **fields)
-
-
-def _failure_outcome(job: _Claimed, error: str, event: str, requested_delay: float | None = None,
-                     dead_now: bool = False, duration: float | None = None) -> _Outcome:
-    """Decide retry or death for a failed attempt of ``job``."""
-    delay = None
-    if not dead_now:
-        try:
-            delay = _retry_decision(job.attempts, job.max_retries, Backoff.from_column(job.backoff, job.backoff_value),
-                                    requested_delay)
-        except (KeyError, TypeError, ValueError, LiteJobsError) as exc:
-            # Only a row edited by hand gets here; it must fail, not crash us.
-            error += f"\n(not retried: the row's retry limits are unreadable: {exc!r})"
-    return job.outcome("dead" if delay is None else "pending", event, delay=delay, error=error, duration=duration)
-
-
-class _Expiry(NamedTuple):
-    """An attempt whose deadline has passed, as the watchdog saw it."""
-
-    job_id: int
-    lease: int
-    deadline: float
-
-
-@dataclasses.dataclass
-class _Request:
-    """What a worker asks of the store in one round trip."""
-
-    outcomes: Sequence[_Outcome] = ()
-    wants: dict[str, int] = dataclasses.field(default_factory=dict)  # queue -> free slots
-    names: Sequence[str] = ()  # the job names the worker can run
-    housekeeping: bool = False  # look for expired attempts, recurring ticks and retention this time
-    reap: Sequence[_Expiry] = ()  # expired attempts to fail, if they are still exactly so
-    renew: Sequence[tuple[int, int, float]] = ()  # (id, lease, seconds left): deadlines to re-express
-    look_for_cancels: bool = False
-    prune_before: float | None = None  # delete done/cancelled rows finished before this
-    compact: bool = False
-
-    def asks_nothing(self) -> bool:
-        """True when a round trip would be for nothing.  Every field but the
-        names counts, so a new kind of request can never be left out here."""
-        return not any(getattr(self, field.name) not in (None, False, (), [], {})
-                       for field in dataclasses.fields(self) if field.name != "names")
-
-
-@dataclasses.dataclass
-class _Exchange:
-    """What the store answers."""
-
-    now: float  # the store's clock when the transaction ran
-    data_version: int
-    claimed: dict[str, list[_Claimed]] = dataclasses.field(default_factory=dict)
-    written: list[_Outcome] = dataclasses.field(default_factory=list)
-    cancels: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (id, lease)
-    enqueued: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)
-    expired: list[_Expiry] = dataclasses.field(default_factory=list)
-    next_due: float | None = None
-    more_to_prune: bool = False
 
 
 def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], float]) -> _Exchange:
@@ -1644,21 +1721,15 @@ def _quarantine_broken_rows(conn: sqlite3.Connection, clock: Callable[[], float]
     return [job_id for job_id, _ in rows]
 
 
+# -- the async store and the calls it shares with the sync twin --------------
+
+
 def _set_future(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
     if not future.done():
         if error is None:
             future.set_result(result)
         else:
             future.set_exception(error)
-
-
-class JobFailed(LiteJobsError):
-    """``Store.wait`` found the job dead or cancelled; ``.job`` is its JobInfo."""
-
-    def __init__(self, job: JobInfo) -> None:
-        self.job = job
-        reason = job.last_error.splitlines()[-1] if job.last_error else "no error recorded"
-        super().__init__(f"job {job.id} ({job.name}) is {job.state.value}: {reason}")
 
 
 def _check_state(state: Any, allowed: Iterable[str], what: str) -> str | None:
@@ -1829,7 +1900,7 @@ class Store(_StoreCalls):
         if self._event_callbacks:
             for (job_id, inserted), row in zip(ids, rows, strict=False):
                 if inserted:
-                    self.emit(Event("enqueue", job_id, row.name, row.queue))
+                    self.emit(Event(EventKind.ENQUEUE, job_id, row.name, row.queue))
         self._wake_workers()
         return [job_id for job_id, _ in ids]
 
@@ -2202,7 +2273,6 @@ class SyncStore(_StoreCalls):
         return self._run(_cancel_job, job_id, self.clock, write=True)[0]
 
 
-
 def connect_sync(path: str | os.PathLike, **options: Any) -> SyncStore:
     """Open (and create) the job database at ``path`` without asyncio."""
     return SyncStore(path, **options)
@@ -2211,35 +2281,6 @@ def connect_sync(path: str | os.PathLike, **options: Any) -> SyncStore:
 # --------------------------------------------------------------------------
 # The worker
 # --------------------------------------------------------------------------
-
-
-class _WorkerStore(Protocol):
-    """All a worker needs of a store, written once.  The SQLite ``Store``
-    fills it in; a server's store would fill in the same."""
-
-    path: str  # names the store in logs
-    clock: Callable[[], float]  # epoch seconds: due times and deadlines are on this clock
-    keep_done: float  # seconds done and cancelled rows are kept
-    closed: bool
-
-    @property
-    def listening(self) -> bool:
-        """Whether anyone listens to events (none is built otherwise)."""
-
-    def emit(self, event: Event) -> None:
-        """Hand an event to the listeners."""
-
-    def subscribe(self, callback: Callable[[], None], poll_interval: float) -> Callable[[], None]:
-        """Call ``callback()`` when jobs may have changed; returns an unsubscribe function."""
-
-    async def exchange(self, request: _Request) -> _Exchange:
-        """One round trip: outcomes in, watchdog and housekeeping, claims out."""
-
-    async def register_worker(self, worker_id: str, names: Sequence[str]) -> None:
-        """Record a running worker and the job names it knows (for the statistics)."""
-
-    async def unregister_worker(self, worker_id: str) -> None:
-        """Forget a worker that stopped."""
 
 
 class _Attempt:
@@ -2668,7 +2709,7 @@ class Worker:
         """Do what the answer says: report, stop cancelled jobs, start claimed ones."""
         emit = self._store.emit
         for job_id, name, queue in answer.enqueued:
-            emit(Event("enqueue", job_id, name, queue))
+            emit(Event(EventKind.ENQUEUE, job_id, name, queue))
         for outcome in answer.written:
             self._emit_outcome(outcome)
         if answer.cancels:
@@ -2706,7 +2747,7 @@ class Worker:
         self._planner.running[claimed.queue] += 1
         self._attempts.add(attempt)
         if self._store.listening:
-            self._store.emit(Event("start", claimed.id, claimed.name, claimed.queue, claimed.attempts))
+            self._store.emit(Event(EventKind.START, claimed.id, claimed.name, claimed.queue, claimed.attempts))
         attempt.task = task = self._loop.create_task(self._call_run(attempt))
         task.add_done_callback(functools.partial(self._finished, attempt))
         attempt.timer = group
@@ -2901,9 +2942,9 @@ class Worker:
                              outcome.attempt, summary[0])
         emit = self._store.emit
         base = (outcome.job_id, outcome.name, outcome.queue, outcome.attempt, outcome.duration)
-        emit(Event(outcome.event, *base, error=None if outcome.event == "success" else outcome.error))
+        emit(Event(EventKind(outcome.event), *base, error=None if outcome.event == "success" else outcome.error))
         if outcome.event in ("failure", "timeout"):
-            emit(Event("retry" if outcome.state == "pending" else "death", *base, error=outcome.error))
+            emit(Event(EventKind.RETRY if outcome.state == "pending" else EventKind.DEATH, *base, error=outcome.error))
 
 
 # --------------------------------------------------------------------------
