@@ -3661,3 +3661,24 @@ def test_planner_asks_nothing_of_a_stopping_worker_but_its_outcomes():
     assert request.wants == {} and not request.housekeeping and request.asks_nothing()
     outcome = _claimed_row(1).outcome("done", "success")
     assert planner.plan(T0 + 5, 5.1, (), [outcome]).outcomes == [outcome]
+
+
+def test_what_litejobs_relies_on_in_aiosqlite(db):
+    # Store runs each transaction as one function on aiosqlite's thread,
+    # through Connection._execute and _conn, which aiosqlite does not
+    # document.  A release that changes them fails here, not in a worker.
+    import aiosqlite
+
+    async def main():
+        conn = await aiosqlite.connect(db, isolation_level=None)
+        raw = conn._conn
+        assert isinstance(raw, sqlite3.Connection)
+        where = await conn._execute(lambda a, b=0: (threading.current_thread(), a + b), 1, b=2)
+        assert where[0] is not threading.current_thread() and where[1] == 3
+        with pytest.raises(ZeroDivisionError):
+            await conn._execute(lambda: 1 / 0)
+        await conn.close()
+        with pytest.raises(ValueError):
+            conn._conn  # noqa: B018 (the property raises once closed)
+
+    run(main())
