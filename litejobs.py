@@ -116,6 +116,10 @@ _SCHEMA_VERSION = 2
 _BUSY_TIMEOUT_MS = 5_000
 _GIVE_UP_AFTER = 60.0
 
+# The loop's own connection (see Store._insert) never checkpoints; every
+# this many of its commits, the database thread does.
+_CHECKPOINT_EVERY = 256
+
 # The limits on what a job row may hold.  SQLite integers are 64-bit, and a
 # due time must read back as a datetime (years 1 to 9999), so values beyond
 # these are refused when the job is built, with an error naming the job:
@@ -190,10 +194,12 @@ _DDL = [
     # pending jobs of names a worker does not know are never walked past.
     """CREATE INDEX IF NOT EXISTS litejobs_jobs_claim_by_name
         ON litejobs_jobs (queue, name, priority DESC, run_at) WHERE state = 'pending'""",
-    # Finds when the next scheduled job falls due, so an idle worker can
-    # sleep exactly until then.
-    """CREATE INDEX IF NOT EXISTS litejobs_jobs_next_due
-        ON litejobs_jobs (run_at) WHERE state = 'pending'""",
+    # Finds when the next job scheduled for later falls due, so that an idle
+    # worker can sleep exactly until then.  Only jobs due after their
+    # creation (delayed, scheduled, retried) are in it: an enqueue due at
+    # once, the common case, writes no page of this index.
+    """CREATE INDEX IF NOT EXISTS litejobs_jobs_scheduled
+        ON litejobs_jobs (run_at) WHERE state = 'pending' AND run_at > created_at""",
     """CREATE INDEX IF NOT EXISTS litejobs_jobs_deadline
         ON litejobs_jobs (deadline) WHERE state = 'running'""",
     """CREATE INDEX IF NOT EXISTS litejobs_jobs_cancel
@@ -240,10 +246,12 @@ _DDL = [
 
 # What turns a file of schema version N - 1 into version N.
 _MIGRATIONS: dict[int, list[str]] = {
-    # Version 2: claims look one job name at a time; recurring ticks coalesce
-    # while their last job still waits.
+    # Version 2: claims look one job name at a time; only jobs scheduled for
+    # later are indexed by due time; recurring ticks coalesce while their
+    # last job still waits.
     2: [
         "DROP INDEX IF EXISTS litejobs_jobs_claim",
+        "DROP INDEX IF EXISTS litejobs_jobs_next_due",
         "ALTER TABLE litejobs_recurring ADD COLUMN last_id INTEGER",
     ],
 }
@@ -355,7 +363,8 @@ _SQL_CANCEL_REQUESTED = "SELECT id, lease FROM litejobs_jobs WHERE state = 'runn
 
 _SQL_NEXT_DUE = """
     SELECT min(due) FROM (
-        SELECT min(run_at) AS due FROM litejobs_jobs WHERE state = 'pending' AND run_at > ?1
+        SELECT min(run_at) AS due FROM litejobs_jobs
+         WHERE state = 'pending' AND run_at > created_at AND run_at > ?1
         UNION ALL
         SELECT min(next_run) FROM litejobs_recurring WHERE next_run > ?1)"""
 
@@ -1223,13 +1232,16 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     return "locked" in text or "busy" in text
 
 
-def _with_retries(conn: sqlite3.Connection, fn: Callable, *args: Any, write: bool = False) -> Any:
+def _with_retries(conn: sqlite3.Connection, fn: Callable, *args: Any, write: bool = False,
+                  patient: bool = True) -> Any:
     """Run ``fn(conn, *args)``, in a BEGIN IMMEDIATE transaction when ``write``.
 
     Writes take the lock up front, so a transaction never fails half-way on
     an upgrade from reader to writer.  SQLite's busy handler waits up to
     _BUSY_TIMEOUT_MS; beyond that, and in the few cases where SQLite reports
-    busy at once, we roll back and start again until _GIVE_UP_AFTER.
+    busy at once, we roll back and start again until _GIVE_UP_AFTER.  With
+    ``patient`` false a busy database raises at once (the loop's own
+    connection, which must never block the event loop).
     """
     give_up = time.monotonic() + _GIVE_UP_AFTER
     pause = 0.001
@@ -1250,7 +1262,7 @@ def _with_retries(conn: sqlite3.Connection, fn: Callable, *args: Any, write: boo
                         pass
                 raise
         except sqlite3.OperationalError as exc:
-            if not _is_busy(exc) or time.monotonic() > give_up:
+            if not _is_busy(exc) or not patient or time.monotonic() > give_up:
                 raise
             time.sleep(pause)
             pause = min(pause * 2, 0.1)
@@ -1365,6 +1377,8 @@ def _insert_jobs(conn: sqlite3.Connection, rows: Sequence[NewJob],
     """Insert jobs, all or nothing, as (id, inserted) pairs: a unique_key
     already pending or running gives the existing id and inserts nothing."""
     now = clock()
+    if len(rows) == 1 and rows[0].unique_key is None:  # the most common call of all
+        return [(_inserted_id(conn.execute(_SQL_INSERT_JOB, rows[0]._row(now))), True)]
     if all(row.unique_key is None for row in rows):
         # The common case, in one executemany.  AUTOINCREMENT under the write
         # lock hands out consecutive ids, so the last one gives them all.
@@ -1585,6 +1599,10 @@ def _enqueue_recurring(conn: sqlite3.Connection, now: float) -> list[tuple[int, 
 # -- workers and their round trip --------------------------------------------
 
 
+def _checkpoint_wal(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
 def _register_worker(conn: sqlite3.Connection, worker_id: str, names: Sequence[str],
                      clock: Callable[[], float]) -> None:
     """Record a worker and its job names; forget workers of this host whose process is gone."""
@@ -1724,6 +1742,23 @@ def _quarantine_broken_rows(conn: sqlite3.Connection, clock: Callable[[], float]
 # -- the async store and the calls it shares with the sync twin --------------
 
 
+def _answer_batch(batch: list[tuple[list[NewJob], asyncio.Future]], ids: list[tuple[int, bool]]) -> None:
+    """Hand each caller of a shared insert its own ids."""
+    start = 0
+    for caller_rows, waiter in batch:
+        _set_future(waiter, ids[start:start + len(caller_rows)], None)
+        start += len(caller_rows)
+
+
+def _others_ready(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether other callbacks wait to run in this turn of the event loop.
+    Then an enqueue lets them run first: they may enqueue too, and share its
+    transaction.  (asyncio keeps them in ``_ready``; a loop that does not
+    say is taken to be busy, which costs one turn, never correctness.)"""
+    ready = getattr(loop, "_ready", None)
+    return ready is None or bool(ready)
+
+
 def _set_future(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
     if not future.done():
         if error is None:
@@ -1823,7 +1858,10 @@ class Store(_StoreCalls):
         self._watch_interval = _WATCHDOG_INTERVAL
         self._data_version: int | None = None  # as the last round trip saw it
         self._insert_queue: list[tuple[list[NewJob], asyncio.Future]] = []
-        self._insert_busy = False
+        self._insert_busy = False  # the database thread is writing a batch
+        self._flush_soon = False  # a batch is to be written later in this turn of the loop
+        self._quick: sqlite3.Connection | None = None  # the loop's own connection, see _insert
+        self._quick_commits = 0
         self.closed = False
         # Where the store may be used: aiosqlite's thread does not survive a
         # fork, and the group commit's futures belong to this loop.
@@ -1868,6 +1906,9 @@ class Store(_StoreCalls):
         if self._watching is not None:
             self._watching.set()
             self._watching = None
+        if self._quick is not None and os.getpid() == self._pid:
+            self._quick.close()
+            self._quick = None
         if os.getpid() != self._pid:
             # A forked child: aiosqlite's thread stayed in the parent, which
             # owns the connection and closes it.  Waiting here would hang.
@@ -1905,34 +1946,64 @@ class Store(_StoreCalls):
         return [job_id for job_id, _ in ids]
 
     async def _insert(self, rows: list[NewJob]) -> list[tuple[int, bool]]:
-        """Group commit: enqueues that arrive while a write is under way are
-        written together in the next transaction, one thread hop for all.
-        Each caller's rows are still all or nothing."""
+        """Group commit.  An enqueue that has the event loop to itself is
+        written at once, on the loop's own thread, by a second connection
+        that never waits for a lock: no thread hop, no suspension.  Enqueues
+        that come together (other tasks ready to run this turn, or a write
+        under way) wait for one transaction that writes them all.  When
+        another connection holds the write lock, the batch goes to the
+        database thread, which waits for it.  Each caller's rows are still
+        all or nothing."""
         self._check_caller()  # before joining a queue that another loop's task would serve
-        if not self._insert_busy:  # nothing under way: write at once, from here
-            self._insert_busy = True
-            try:
-                return await self._run(_insert_jobs, rows, self.clock, write=True)
-            finally:
-                self._insert_busy = False
-                self._start_insert_writer()
-        waiter = asyncio.get_running_loop().create_future()
+        waiter = self._loop.create_future()
         self._insert_queue.append((rows, waiter))
+        if not self._insert_busy:
+            if len(self._insert_queue) == 1 and not _others_ready(self._loop):
+                self._flush_inserts()
+            elif not self._flush_soon:
+                self._flush_soon = True
+                self._loop.call_soon(self._flush_inserts)
         return await waiter
 
-    def _start_insert_writer(self) -> None:
-        if self._insert_queue and not self._insert_busy:
-            self._insert_busy = True
-            asyncio.ensure_future(self._write_inserts())
+    def _flush_inserts(self) -> None:
+        """Write what waits: here on the loop's thread when the write lock is
+        free, else on the database thread."""
+        self._flush_soon = False
+        if self._insert_busy or not self._insert_queue:
+            return
+        batch, self._insert_queue = self._insert_queue, []
+        if self._quick is not None:
+            rows = [row for rows, _ in batch for row in rows]
+            try:
+                ids = _with_retries(self._quick, _insert_jobs, rows, self.clock, write=True, patient=False)
+            except Exception:  # busy, or someone's bad row: the database thread sorts it out
+                pass
+            else:
+                self._quick_commits += 1
+                if self._quick_commits % _CHECKPOINT_EVERY == 0:
+                    asyncio.ensure_future(self._checkpoint())
+                _answer_batch(batch, ids)
+                return
+        self._insert_busy = True
+        asyncio.ensure_future(self._write_inserts(batch))
 
-    async def _write_inserts(self) -> None:
+    async def _write_inserts(self, batch: list[tuple[list[NewJob], asyncio.Future]]) -> None:
         try:
-            while self._insert_queue:
+            await self._write_insert_batch(batch)
+            while self._insert_queue:  # what came meanwhile, while the lock is likely still taken
                 batch, self._insert_queue = self._insert_queue, []
                 await self._write_insert_batch(batch)
         finally:
             self._insert_busy = False
-            self._start_insert_writer()
+
+    async def _checkpoint(self) -> None:
+        """Copy the WAL back into the database file, on the database thread:
+        the loop's connection never checkpoints, so that an enqueue never
+        waits for one."""
+        try:
+            await self._run(_checkpoint_wal)
+        except StoreError as exc:
+            logger.debug("checkpoint skipped: %s", exc)
 
     async def _write_insert_batch(self, batch: list[tuple[list[NewJob], asyncio.Future]]) -> None:
         """Write the batch in one transaction and tell every caller.  Errors
@@ -1959,10 +2030,7 @@ class Store(_StoreCalls):
             for _, waiter in batch:
                 _set_future(waiter, None, exc)
             raise
-        start = 0
-        for caller_rows, waiter in batch:
-            _set_future(waiter, ids[start:start + len(caller_rows)], None)
-            start += len(caller_rows)
+        _answer_batch(batch, ids)
 
     # -- inspection and repair ---------------------------------------------
 
@@ -2110,6 +2178,21 @@ class Store(_StoreCalls):
         await self._run(_unregister_worker, worker_id, write=True)
 
 
+def _open_quick_connection(path: str) -> sqlite3.Connection | None:
+    """A second connection, for the event loop's own thread: it never waits
+    for a lock (a busy database sends the write to the database thread) and
+    never checkpoints, so a write through it costs the loop no more than the
+    write.  Only with synchronous=NORMAL, where a commit does not fsync."""
+    try:
+        conn = sqlite3.connect(path, timeout=0, isolation_level=None)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+    except sqlite3.Error as exc:
+        logger.debug("no quick connection for %s: %s", path, exc)
+        return None
+    return conn
+
+
 def _parse_options(options: dict[str, Any]) -> tuple[str, Callable[[], float], float]:
     options = dict(options)
     synchronous = str(options.pop("synchronous", "NORMAL")).upper()
@@ -2142,6 +2225,8 @@ class _Connector:
         store = Store(db, path, clock, keep_done)
         try:
             await store._run(_open_schema, path, synchronous)
+            if path != ":memory:" and synchronous == "NORMAL":
+                store._quick = _open_quick_connection(path)
         except BaseException:
             await db.close()
             raise

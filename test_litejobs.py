@@ -2485,6 +2485,13 @@ def test_four_workers_two_enqueuers_no_lock_errors_every_job_once(tmp_path, db):
     assert s.done == total == s.done_counts.all_time
 
 
+async def set_max_pages(store, pages):
+    """Make the disk look full past ``pages``: every connection of the store hears it."""
+    await store._db.execute(f"PRAGMA max_page_count = {pages}")
+    if store._quick is not None:
+        store._quick.execute(f"PRAGMA max_page_count = {pages}")
+
+
 def _page_count(db):
     conn = sqlite3.connect(db)
     try:
@@ -2498,10 +2505,10 @@ def test_full_disk_enqueue_fails_cleanly_and_stores_nothing(db):
         async with litejobs.connect(db) as store:
             kept = await store.enqueue(Echo("kept"))
             pages = (await store._db.execute_fetchall("PRAGMA page_count"))[0][0]
-            await store._db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is now full
+            await set_max_pages(store, pages)  # the disk is now full
             with pytest.raises(litejobs.StoreError, match="database or disk is full"):
                 await store.enqueue_many([Echo("x" * 5000) for _ in range(50)])
-            await store._db.execute("PRAGMA max_page_count = 1073741823")
+            await set_max_pages(store, 1073741823)
             assert [j.id for j in await store.jobs()] == [kept]  # nothing partial
             assert (await store.get(kept)).payload == {"value": "kept"}
 
@@ -2520,12 +2527,12 @@ def test_worker_keeps_retrying_an_outcome_write_until_the_disk_has_room(db, capl
         async with litejobs.connect(db) as store:
             job_id = await store.enqueue(BigResult())
             pages = (await store._db.execute_fetchall("PRAGMA page_count"))[0][0]
-            await store._db.execute(f"PRAGMA max_page_count = {pages + 2}")
+            await set_max_pages(store, pages + 2)
             async with litejobs.Worker(store, [BigResult]):
                 await wait_until(lambda: _true_when("database or disk is full" in caplog.text),
                                  "a failed outcome write")
                 assert (await store.get(job_id)).state == "running"
-                await store._db.execute("PRAGMA max_page_count = 1073741823")  # room again
+                await set_max_pages(store, 1073741823)  # room again
                 info = await wait_state(store, job_id, "done")
             assert len(info.result) == 200_000 and info.attempts == 1
 
@@ -3094,10 +3101,10 @@ def test_concurrent_enqueues_share_transactions(db, monkeypatch):
 
             # A failed transaction fails every caller in it, and stores nothing.
             pages = (await store._db.execute_fetchall("PRAGMA page_count"))[0][0]
-            await store._db.execute(f"PRAGMA max_page_count = {pages}")
+            await set_max_pages(store, pages)
             results = await asyncio.gather(*(store.enqueue(Echo("x" * 3000)) for _ in range(20)),
                                            return_exceptions=True)
-            await store._db.execute("PRAGMA max_page_count = 1073741823")
+            await set_max_pages(store, 1073741823)
             assert all(isinstance(r, litejobs.StoreError) for r in results[1:])
             assert len(await store.jobs(limit=1000)) == 100 + sum(isinstance(r, int) for r in results)
 
@@ -3682,3 +3689,60 @@ def test_what_litejobs_relies_on_in_aiosqlite(db):
             conn._conn  # noqa: B018 (the property raises once closed)
 
     run(main())
+
+
+# -- the enqueue path: the loop's own connection, batching, checkpoints ------------
+
+
+def test_an_enqueue_waits_for_another_connections_write_lock_instead_of_failing(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            other = sqlite3.connect(db, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")  # another process is writing
+            enqueued = asyncio.ensure_future(store.enqueue(Echo("waited")))
+            await asyncio.sleep(0.2)
+            assert not enqueued.done()  # it waits on the database thread, not failing, not blocking the loop
+            other.execute("COMMIT")
+            job_id = await asyncio.wait_for(enqueued, 10)
+            assert (await store.get(job_id)).payload == {"value": "waited"}
+
+    run(main())
+
+
+def test_the_database_thread_checkpoints_for_the_loops_connection(db, monkeypatch):
+    checkpoints = []
+    real_checkpoint = litejobs._checkpoint_wal
+    monkeypatch.setattr(litejobs, "_CHECKPOINT_EVERY", 5)
+    monkeypatch.setattr(litejobs, "_checkpoint_wal", lambda conn: checkpoints.append(real_checkpoint(conn)))
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            for n in range(12):
+                await store.enqueue(Echo(n))
+            await wait_until(lambda: _true(len(checkpoints) == 2), "two checkpoints")
+
+    run(main())
+
+
+async def _true(value):
+    return value
+
+
+def test_only_jobs_due_later_than_their_creation_are_indexed_by_due_time(db):
+    clock = FakeClock()
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            await store.enqueue_many([Echo(1), Echo(2)])
+            later = await store.enqueue(Echo(3), delay=60)
+            answer = await store.exchange(litejobs._Request(wants={"default": 0}, names=["echo"]))
+            assert answer.next_due == T0 + 60
+            return later
+
+    later = run(main())
+    conn = sqlite3.connect(db)
+    indexed = conn.execute("SELECT id FROM litejobs_jobs INDEXED BY litejobs_jobs_scheduled "
+                           "WHERE state = 'pending' AND run_at > created_at").fetchall()
+    assert indexed == [(later,)]
+    plan = " | ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + litejobs._SQL_NEXT_DUE, (T0,)))
+    assert "USING INDEX litejobs_jobs_scheduled" in plan and "SCAN litejobs_jobs" not in plan, plan
