@@ -1090,7 +1090,12 @@ class _WorkerStore(Protocol):
         """Call ``callback()`` when jobs may have changed; returns an unsubscribe function."""
 
     async def exchange(self, request: _Request) -> _Exchange:
-        """One round trip: outcomes in, watchdog and housekeeping, claims out."""
+        """One round trip: outcomes in, watchdog and housekeeping, claims out.
+        If the caller is cancelled meanwhile, the trip still ends, and its
+        answer is left in ``request.answer``; ``settle()`` waits for that."""
+
+    async def settle(self) -> None:
+        """Return once every round trip begun before has ended."""
 
     async def register_worker(self, worker_id: str, names: Sequence[str]) -> None:
         """Record a running worker and the job names it knows (for the statistics)."""
@@ -1194,12 +1199,21 @@ class _Request:
     look_for_cancels: bool = False
     prune_before: float | None = None  # delete done/cancelled rows finished before this
     compact: bool = False
+    # Not asked, but answered: the store leaves its answer here too, so that
+    # a worker whose wait for the answer was cancelled still learns what it claimed.
+    answer: _Exchange | None = None
 
     def asks_nothing(self) -> bool:
-        """True when a round trip would be for nothing.  Every field but the
-        names counts, so a new kind of request can never be left out here."""
-        return not any(getattr(self, field.name) not in (None, False, (), [], {})
-                       for field in dataclasses.fields(self) if field.name != "names")
+        """True when a round trip would be for nothing.  Every field that
+        asks counts, so a new kind of request can never be left out here."""
+        blank = _Request()
+        for field in dataclasses.fields(self):
+            if field.name in ("names", "answer"):
+                continue
+            value = getattr(self, field.name)
+            if value != getattr(blank, field.name) and not (isinstance(value, (list, tuple, dict)) and not value):
+                return False
+        return True
 
 
 @dataclasses.dataclass
@@ -1599,6 +1613,10 @@ def _enqueue_recurring(conn: sqlite3.Connection, now: float) -> list[tuple[int, 
 # -- workers and their round trip --------------------------------------------
 
 
+def _nothing(conn: sqlite3.Connection) -> None:
+    pass
+
+
 def _checkpoint_wal(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
@@ -1630,7 +1648,8 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], float]) -> _Exchange:
+def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], float],
+              patient: bool = True) -> _Exchange:
     """A worker's whole round trip: record finished attempts, fail expired
     ones the worker confirmed (the watchdog), re-express its deadlines after
     a clock step, enqueue recurring ticks, prune old rows, claim new jobs,
@@ -1706,11 +1725,12 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
         answer.next_due = conn.execute(_SQL_NEXT_DUE, (now,)).fetchone()[0]
 
     try:
-        _with_retries(conn, write, write=True)
+        _with_retries(conn, write, write=True, patient=patient)
     except sqlite3.IntegrityError:
-        if not _with_retries(conn, _quarantine_broken_rows, clock, write=True):
+        if not _with_retries(conn, _quarantine_broken_rows, clock, write=True, patient=patient):
             raise
-        _with_retries(conn, write, write=True)
+        _with_retries(conn, write, write=True, patient=patient)
+    request.answer = answer
     return answer
 
 
@@ -1856,7 +1876,7 @@ class Store(_StoreCalls):
         self._wakers: dict[Callable[[], None], float] = {}  # subscribers, and the poll interval each asked for
         self._watching: threading.Event | None = None  # set to stop the -wal watcher thread
         self._watch_interval = _WATCHDOG_INTERVAL
-        self._data_version: int | None = None  # as the last round trip saw it
+        self._data_versions: dict[bool, int] = {}  # as the last round trip on each connection saw it
         self._insert_queue: list[tuple[list[NewJob], asyncio.Future]] = []
         self._insert_busy = False  # the database thread is writing a batch
         self._flush_soon = False  # a batch is to be written later in this turn of the loop
@@ -1979,9 +1999,7 @@ class Store(_StoreCalls):
             except Exception:  # busy, or someone's bad row: the database thread sorts it out
                 pass
             else:
-                self._quick_commits += 1
-                if self._quick_commits % _CHECKPOINT_EVERY == 0:
-                    asyncio.ensure_future(self._checkpoint())
+                self._count_quick_commit()
                 _answer_batch(batch, ids)
                 return
         self._insert_busy = True
@@ -1995,6 +2013,11 @@ class Store(_StoreCalls):
                 await self._write_insert_batch(batch)
         finally:
             self._insert_busy = False
+
+    def _count_quick_commit(self) -> None:
+        self._quick_commits += 1
+        if self._quick_commits % _CHECKPOINT_EVERY == 0:
+            asyncio.ensure_future(self._checkpoint())
 
     async def _checkpoint(self) -> None:
         """Copy the WAL back into the database file, on the database thread:
@@ -2095,7 +2118,7 @@ class Store(_StoreCalls):
         for callback in self._event_callbacks:
             try:
                 result = callback(event)
-                if inspect.isawaitable(result):
+                if result is not None and inspect.isawaitable(result):
                     asyncio.ensure_future(result)
             except Exception:
                 logger.exception("on_event callback %r failed on %s", callback, event)
@@ -2161,15 +2184,38 @@ class Store(_StoreCalls):
     async def exchange(self, request: _Request) -> _Exchange:
         """One worker round trip: outcomes in, watchdog and housekeeping, claims out.
 
-        Subscribers hear of other connections' commits that this trip saw
-        before it returns, so that a claim in the answer counts as having
-        looked."""
-        answer = await self._run(_exchange, request, self.clock)
-        if answer.data_version != self._data_version:
-            seen_before, self._data_version = self._data_version is not None, answer.data_version
-            if seen_before:
-                self._wake_workers()
+        Like an enqueue, a trip that only records outcomes and claims runs
+        on the loop's own connection when the write lock is free: a few
+        milliseconds of SQLite for a whole batch, cheaper than the thread
+        hop and the two threads' contention for the GIL.  Housekeeping
+        (pruning, compaction), and any trip that finds the lock taken, goes
+        to the database thread.  Subscribers hear of other connections'
+        commits that this trip saw before it returns, so that a claim in the
+        answer counts as having looked.
+        """
+        self._check_caller()
+        answer = None
+        if self._quick is not None and request.prune_before is None and not request.compact:
+            try:
+                answer = _exchange(self._quick, request, self.clock, patient=False)
+            except sqlite3.Error:  # busy, or worse: the database thread waits, or reports it
+                answer = None
+            else:
+                self._count_quick_commit()
+        quick = answer is not None
+        if answer is None:
+            answer = await self._run(_exchange, request, self.clock)
+        # data_version is per connection: compare each with its own last.
+        seen = self._data_versions.get(quick)
+        self._data_versions[quick] = answer.data_version
+        if seen is not None and seen != answer.data_version:
+            self._wake_workers()
         return answer
+
+    async def settle(self) -> None:
+        """Return once every round trip begun before has ended: the database
+        thread runs one call at a time, in order."""
+        await self._run(_nothing)
 
     async def register_worker(self, worker_id: str, names: Sequence[str]) -> None:
         await self._run(_register_worker, worker_id, names, self.clock, write=True)
@@ -2844,6 +2890,8 @@ class Worker:
         job, name = attempt.job, attempt.claimed.name
         span = job.span() if self._has_span[name] else None
         if span is None:
+            if not attempt.in_thread:  # the common case, one coroutine frame fewer
+                return await job.run(self.state)
             return await self._call_run_bare(job, attempt.in_thread)
         if hasattr(span, "__aenter__"):
             async with span:
@@ -2992,12 +3040,19 @@ class Worker:
             request, trip = self._in_flight
             self._in_flight = None
             try:
-                answer = await trip
-            except Exception:
+                await trip
+            except BaseException:
+                # Failed, or cancelled too (the event loop is shutting down
+                # and cancels every task): the database may still be at it.
+                try:
+                    await self._store.settle()
+                except StoreError:
+                    pass
+            if request.answer is None:
                 self._outcomes[:0] = request.outcomes
             else:
                 self._outcomes.extend(job.outcome("pending", "requeue", uncount=1)
-                                      for claimed in answer.claimed.values() for job in claimed)
+                                      for claimed in request.answer.claimed.values() for job in claimed)
         for attempt in list(self._attempts):
             if attempt.in_thread:
                 # Its thread runs on; handing it back would run it twice.
