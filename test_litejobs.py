@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import settings
@@ -90,6 +91,113 @@ def orjson_loads(text):
 @pytest.fixture
 def db(tmp_path):
     return str(tmp_path / "jobs.db")
+
+
+# -- the internals tests reach, each in one place ------------------------------
+# What a worker and its store say to each other (requests, answers, claimed
+# rows, outcomes), the planner that decides what to say, and the watchdog's
+# timings are private.  Tests that need them go through these helpers, so a
+# change of that seam is made here once, not in dozens of tests; the few that
+# must name another internal (a query plan, a function they monkeypatch on
+# purpose) name it where they use it.
+
+WATCHDOG_GRACE = litejobs._WATCHDOG_GRACE  # past a deadline, before a watchdog counts the attempt expired
+WATCHDOG_INTERVAL = litejobs._WATCHDOG_INTERVAL  # between a worker's housekeeping passes
+WATCHDOG_CONFIRM = litejobs._WATCHDOG_CONFIRM  # how long an expiry is seen before the watchdog fails it
+
+
+def worker_request(**fields):
+    """What a worker asks of its store in one round trip."""
+    return litejobs._Request(**fields)
+
+
+async def round_trip(store, **fields):
+    """One worker round trip on an async store: outcomes in, housekeeping, claims out; the store's answer."""
+    return await store.exchange(worker_request(**fields))
+
+
+def round_trip_sync(store, **fields):
+    """The same round trip on the sync twin, which serves no worker itself."""
+    return store._run(litejobs._exchange, worker_request(**fields), store.clock)
+
+
+async def claim(store, n, names, queue="default"):
+    """Claim up to ``n`` due jobs of ``names`` in ``queue``, as a worker does; the claimed rows, best first."""
+    return (await round_trip(store, wants={queue: n}, names=names)).claimed[queue]
+
+
+async def reap_expired(store):
+    """What another worker's watchdog does once it has seen attempts stay
+    expired: it looks (housekeeping), then fails them (reap).  Returns what it saw."""
+    expired = (await round_trip(store, housekeeping=True)).expired
+    await round_trip(store, reap=expired)
+    return expired
+
+
+def make_round_trips_fail(store, error):
+    """From now on every round trip between the store and its workers raises ``error``."""
+
+    async def broken(request):
+        raise error
+
+    store.exchange = broken
+
+
+def claimed_row(job_id, name="noop", queue="default", attempts=1, lease=1, max_retries=5, backoff=None,
+                timeout_ms=10_000, run_at=T0):
+    """A job as a claim hands it to a worker (``attempts`` counts the attempt it starts)."""
+    backoff = litejobs.Linear(0) if backoff is None else backoff
+    return litejobs._Claimed(job_id, name, queue, "{}", attempts, lease, max_retries, backoff.kind,
+                             float(backoff.value), timeout_ms, 0, run_at)
+
+
+def success(row, **fields):
+    """The outcome of an attempt at ``row`` that succeeded."""
+    return row.outcome("done", "success", **fields)
+
+
+def failure(row, error="boom", **fields):
+    """The outcome of an attempt at ``row`` that failed: retried or dead, as the row's limits say."""
+    return litejobs._failure_outcome(row, error, "failure", **fields)
+
+
+def expiry(job_id, lease, deadline):
+    """An attempt past its deadline, as a watchdog saw it."""
+    return litejobs._Expiry(job_id, lease, deadline)
+
+
+def new_planner(capacity=None, keep_done=86_400):
+    """The worker's planner, which decides without I/O, for a worker of the noop job."""
+    capacity = {"default": 2, "email": 1} if capacity is None else capacity
+    return litejobs._Planner(capacity, ["noop"], keep_done)
+
+
+def store_answer(now, claimed=None, next_due=None, expired=(), written=()):
+    """The store's answer to a round trip, as the planner takes it."""
+    return litejobs._Exchange(now=now, data_version=1, claimed=claimed or {}, next_due=next_due,
+                              expired=list(expired), written=list(written))
+
+
+def running_attempt(job_id, started, lease=1, timeout_ms=10_000):
+    """An attempt the worker runs, as the planner sees it."""
+    return SimpleNamespace(claimed=claimed_row(job_id, lease=lease, timeout_ms=timeout_ms),
+                           timeout=timeout_ms / 1000, started=started)
+
+
+async def by_hand(store, statement, params=()):
+    """SQL on the store's own connection: a hand edit, or a PRAGMA that holds on that connection only."""
+    return await store._db.execute_fetchall(statement, params)
+
+
+async def fill_the_disk(store, spare_pages=0):
+    """From now on the store's file may grow by ``spare_pages`` pages only."""
+    pages = (await by_hand(store, "PRAGMA page_count"))[0][0]
+    await by_hand(store, f"PRAGMA max_page_count = {pages + spare_pages}")
+
+
+async def make_room_on_the_disk(store):
+    """Let the store's file grow again."""
+    await by_hand(store, "PRAGMA max_page_count = 1073741823")
 
 
 # -- job classes used across tests ---------------------------------------------
@@ -487,7 +595,10 @@ def test_new_database_files_are_private_to_their_owner(tmp_path):
         os.umask(old_umask)
 
 
-def test_a_database_opened_through_a_symlink_is_watched_and_private(tmp_path):
+def test_a_database_opened_through_a_symlink_is_watched_and_private(tmp_path, monkeypatch):
+    # No housekeeping pass after the first: only the watcher of the -wal file
+    # (beside the real file, not the link) can see another connection's job.
+    monkeypatch.setattr(litejobs, "_WATCHDOG_INTERVAL", 3600)
     (tmp_path / "real").mkdir()
     target, link = tmp_path / "real" / "jobs.db", tmp_path / "link.db"
     link.symlink_to(target)  # dangling until litejobs creates the file
@@ -495,8 +606,11 @@ def test_a_database_opened_through_a_symlink_is_watched_and_private(tmp_path):
     try:
         async def main():
             async with litejobs.connect(str(link)) as store:
-                await store.enqueue(Noop())
-                assert store._wal_signature() is not None  # the -wal beside the real file
+                async with litejobs.Worker(store, [Noop], poll_interval=0.01):
+                    await asyncio.sleep(0.05)
+                    async with litejobs.connect(str(target)) as other:
+                        job_id = await other.enqueue(Noop())
+                    await wait_state(store, job_id, "done")
 
         run(main())
         assert os.stat(target).st_mode & 0o777 == 0o600
@@ -600,10 +714,10 @@ def test_hostile_rows_fail_their_job_and_others_keep_flowing(db):
             fine = await store.enqueue_many([Echo(i) for i in range(20)])
             edits = [("payload = '[1, 2, 3]'", wrong_shape), ("name = 'other'", renamed),
                      ("attempts = -7", negative), ("backoff = 'random'", weird_backoff), ("state = 'zombie'", zombie)]
-            await store._db.execute("PRAGMA ignore_check_constraints = ON")  # a determined hand editor
+            await by_hand(store, "PRAGMA ignore_check_constraints = ON")  # a determined hand editor
             for edit, job_id in edits:
-                await store._db.execute(f"UPDATE litejobs_jobs SET {edit} WHERE id = ?", (job_id,))
-            await store._db.execute("PRAGMA ignore_check_constraints = OFF")
+                await by_hand(store, f"UPDATE litejobs_jobs SET {edit} WHERE id = ?", (job_id,))
+            await by_hand(store, "PRAGMA ignore_check_constraints = OFF")
             async with litejobs.Worker(store, [Echo, Other], poll_interval=0.01) as worker:
                 for job_id in fine:
                     await wait_state(store, job_id, "done")
@@ -627,9 +741,8 @@ def test_a_row_can_only_name_a_registered_class(db):
         async with litejobs.connect(db) as store:
             job_id = await store.enqueue(Noop())
             # Someone with write access to the file names a dangerous callable.
-            await store._db.execute(
-                "UPDATE litejobs_jobs SET name = 'os.system', payload = '{\"command\": \"touch pwned\"}' WHERE id = ?",
-                (job_id,))
+            await by_hand(store, "UPDATE litejobs_jobs SET name = 'os.system', "
+                                 "payload = '{\"command\": \"touch pwned\"}' WHERE id = ?", (job_id,))
             async with litejobs.Worker(store, [Noop], poll_interval=0.01):
                 await asyncio.sleep(0.2)
             assert (await store.get(job_id)).state == "pending"  # never claimed, never imported
@@ -644,7 +757,7 @@ def test_a_hand_edited_time_beyond_datetime_still_reads(capsys, db):
             ids = [await store.enqueue(Noop()) for _ in range(3)]
             # Far future, infinity, far past: none can be a datetime.
             for job_id, run_at in zip(ids, ("1e20", "9e999", "-1e20"), strict=False):
-                await store._db.execute(f"UPDATE litejobs_jobs SET run_at = {run_at} WHERE id = {job_id}")
+                await by_hand(store, f"UPDATE litejobs_jobs SET run_at = {run_at} WHERE id = {job_id}")
             infos = [await store.get(job_id) for job_id in ids]
             utc_max = datetime.max.replace(tzinfo=timezone.utc)
             assert [info.run_at for info in infos] == [utc_max, utc_max, datetime.min.replace(tzinfo=timezone.utc)]
@@ -677,7 +790,7 @@ def test_enqueue_does_not_depend_on_sqlite_sequence(db):
     async def main():
         async with litejobs.connect(db) as store:
             first = await store.enqueue_many([Echo(1), Echo(2)])
-            await store._db.execute("DELETE FROM sqlite_sequence")  # "reset the counter"
+            await by_hand(store, "DELETE FROM sqlite_sequence")  # "reset the counter"
             more = await store.enqueue_many([Echo(3), Echo(4)])
             assert more[0] > first[-1]
             assert [(await store.get(i)).payload["value"] for i in first + more] == [1, 2, 3, 4]
@@ -719,11 +832,10 @@ def test_concurrent_enqueues_share_transactions(db, monkeypatch):
             assert sum(transactions) == 100 and len(transactions) < 10  # group commit
 
             # A failed transaction fails every caller in it, and stores nothing.
-            pages = (await store._db.execute_fetchall("PRAGMA page_count"))[0][0]
-            await store._db.execute(f"PRAGMA max_page_count = {pages}")
+            await fill_the_disk(store)
             results = await asyncio.gather(*(store.enqueue(Echo("x" * 3000)) for _ in range(20)),
                                            return_exceptions=True)
-            await store._db.execute("PRAGMA max_page_count = 1073741823")
+            await make_room_on_the_disk(store)
             assert all(isinstance(r, litejobs.StoreError) for r in results[1:])
             assert len(await store.jobs(limit=1000)) == 100 + sum(isinstance(r, int) for r in results)
 
@@ -1005,12 +1117,10 @@ def test_job_not_claimed_before_it_is_due(db):
     async def main():
         async with litejobs.connect(db, clock=clock) as store:
             job_id = await store.enqueue(Noop(), delay=60)
-            request = litejobs._Request(wants={"default": 10}, names=["noop"])
-            exchange = await store.exchange(request)
-            assert exchange.claimed["default"] == [] and exchange.next_due == T0 + 60
+            answer = await round_trip(store, wants={"default": 10}, names=["noop"])
+            assert answer.claimed["default"] == [] and answer.next_due == T0 + 60
             clock.advance(60)
-            exchange = await store.exchange(request)
-            assert [row[0] for row in exchange.claimed["default"]] == [job_id]
+            assert [row.id for row in await claim(store, 10, ["noop"])] == [job_id]
 
     run(main())
 
@@ -1102,8 +1212,8 @@ def test_claim_never_walks_past_jobs_of_names_the_worker_does_not_know(db):
             low = await store.enqueue(Noop(), priority=1)
             high = await store.enqueue(Echo(1), priority=5)
             await store.enqueue_many([AlwaysFails()] * 50, priority=9)  # a name nobody asks for
-            answer = await store.exchange(litejobs._Request(wants={"default": 2}, names=["echo", "noop"]))
-            assert [row[0] for row in answer.claimed["default"]] == [high, low]
+            claimed = await claim(store, 2, ["echo", "noop"])
+            assert [row.id for row in claimed] == [high, low]
 
     run(main())
 
@@ -1243,7 +1353,7 @@ def test_undecodable_payload_is_dead_at_once(db):
             old = await store.enqueue(V1(1))
             garbled = await store.enqueue(V2(2))
             ok = await store.enqueue(V2(3))
-            await store._db.execute("UPDATE litejobs_jobs SET payload = '{not json' WHERE id = ?", (garbled,))
+            await by_hand(store, "UPDATE litejobs_jobs SET payload = '{not json' WHERE id = ?", (garbled,))
             async with litejobs.Worker(store, [V2]):
                 info_old = await wait_state(store, old, "dead")
                 info_garbled = await wait_state(store, garbled, "dead")
@@ -1381,7 +1491,7 @@ def test_idle_worker_writes_nothing(db):
                 await wait_state(store, job_id, "done")
                 observer = sqlite3.connect(db)
                 before = observer.execute("PRAGMA data_version").fetchone()[0]
-                await asyncio.sleep(litejobs._WATCHDOG_INTERVAL * 1.5)  # polls and a watchdog pass
+                await asyncio.sleep(WATCHDOG_INTERVAL * 1.5)  # polls and a watchdog pass
                 after = observer.execute("PRAGMA data_version").fetchone()[0]
                 observer.close()
             assert before == after
@@ -1754,12 +1864,11 @@ def test_fencing_a_late_outcome_changes_nothing(db, monkeypatch):
             job_id = await store.enqueue(Frozen())
             async with litejobs.Worker(store, [Frozen], state=release, poll_interval=0.01):
                 await wait_state(store, job_id, "running", attempts=1)
-                clock.advance(61 + litejobs._WATCHDOG_GRACE)
+                clock.advance(61 + WATCHDOG_GRACE)
                 # Another worker's watchdog sees the attempt expired, and
                 # again once it has stayed so: it takes the job away.
-                seen = await store.exchange(litejobs._Request(housekeeping=True))
-                assert [e.job_id for e in seen.expired] == [job_id]
-                await store.exchange(litejobs._Request(reap=seen.expired))
+                reaped = await reap_expired(store)
+                assert [e.job_id for e in reaped] == [job_id]
                 info = await wait_state(store, job_id, "running", attempts=2)
                 assert "failed by the watchdog" in info.last_error
                 release[1].set()  # attempt 1 comes back late, while attempt 2 owns the row
@@ -1781,10 +1890,9 @@ def test_own_outcome_wins_over_the_watchdog_in_one_batch(db):
     async def main():
         async with litejobs.connect(db, clock=clock) as store:
             job_id = await store.enqueue(Echo(42))
-            row = (await store.exchange(litejobs._Request(wants={"default": 1}, names=["echo"]))).claimed["default"][0]
+            [row] = await claim(store, 1, ["echo"])
             clock.advance(60)  # the outcome reaches the store after the deadline
-            done = row.outcome("done", "success", result="42")
-            answer = await store.exchange(litejobs._Request(outcomes=[done], names=["echo"], housekeeping=True))
+            answer = await round_trip(store, outcomes=[success(row, result="42")], names=["echo"], housekeeping=True)
             assert [(o.event, o.state) for o in answer.written] == [("success", "done")]
             info = await store.get(job_id)
             assert (info.state, info.result, info.attempts) == ("done", 42, 1)
@@ -1817,7 +1925,7 @@ def test_a_wall_clock_step_forward_never_gets_a_live_attempt_reaped(db):
                 await state.started.wait()
                 clock.advance(120)  # the wall clock steps two minutes ahead: the deadline looks gone
                 async with litejobs.Worker(store, [Long], state=state):  # another worker's watchdog looks
-                    await asyncio.sleep(litejobs._WATCHDOG_CONFIRM + 3 * litejobs._WATCHDOG_INTERVAL)
+                    await asyncio.sleep(WATCHDOG_CONFIRM + 3 * WATCHDOG_INTERVAL)
                 assert ((await store.get(job_id)).state, runs) == ("running", [1])
                 state.release.set()
                 await wait_state(store, job_id, "done", attempts=1)
@@ -1845,8 +1953,8 @@ def test_a_wall_clock_step_backward_does_not_pause_the_watchdog(db):
                 clock.advance(-600)  # the wall clock steps ten minutes back
                 # A process that claims a job and dies at once.
                 job_id = await store.enqueue(Quick())
-                await store.exchange(litejobs._Request(wants={"default": 1}, names=["quick"]))
-                clock.advance(1 + litejobs._WATCHDOG_GRACE)
+                await claim(store, 1, ["quick"])
+                clock.advance(1 + WATCHDOG_GRACE)
                 info = await wait_state(store, job_id, "pending", attempts=1)
                 assert "failed by the watchdog" in info.last_error
 
@@ -1961,10 +2069,7 @@ def test_stopping_worker_gives_up_on_a_store_that_keeps_failing(db):
             task = asyncio.ensure_future(worker.run(handle_signals=False))
             await wait_state(store, job_id, "running")
 
-            async def broken(request):
-                raise litejobs.StoreError("disk I/O error")
-
-            store.exchange = broken
+            make_round_trips_fail(store, litejobs.StoreError("disk I/O error"))
             worker.stop()
             await asyncio.wait_for(task, 15)  # returns instead of retrying forever
 
@@ -2155,17 +2260,14 @@ def test_a_job_asked_to_stop_ends_cancelled_even_with_no_retry_left(db):
 
     async def main():
         async with litejobs.connect(db, clock=clock) as store:
-            wants = litejobs._Request(wants={"default": 2}, names=["failing"])
             first, second = await store.enqueue_many([Failing(), Failing()])
-            rows = (await store.exchange(wants)).claimed["default"]
+            rows = await claim(store, 2, ["failing"])
             assert await store.cancel(first) == await store.cancel(second) == "running"
             # The first fails before its worker sees the request; the second's
             # process dies and the watchdog fails it.
-            failed = litejobs._failure_outcome(rows[0], "boom", "failure")
-            await store.exchange(litejobs._Request(outcomes=[failed]))
+            await round_trip(store, outcomes=[failure(rows[0])])
             clock.advance(60)
-            expired = (await store.exchange(litejobs._Request(housekeeping=True))).expired
-            await store.exchange(litejobs._Request(reap=expired))
+            await reap_expired(store)
             assert [(await store.get(i)).state for i in (first, second)] == ["cancelled", "cancelled"]
             assert (await store.stats())["default"].dead_counts.all_time == 0
 
@@ -2244,8 +2346,8 @@ def test_purge_by_state_and_age(db):
             with pytest.raises(ValueError, match="purge state must be one of done, dead, cancelled"):
                 await store.purge(state="pending")
             many = await store.enqueue_many([Noop() for _ in range(2500)])
-            await store._db.execute("UPDATE litejobs_jobs SET state = 'cancelled', finished_at = 0 WHERE id >= ?",
-                                    (many[0],))
+            await by_hand(store, "UPDATE litejobs_jobs SET state = 'cancelled', finished_at = 0 WHERE id >= ?",
+                          (many[0],))
             assert await store.purge(state="cancelled") == 2501  # three batches, and the recent one
 
     run(main())
@@ -2359,9 +2461,8 @@ def test_a_killed_worker_of_this_host_knows_no_names(db):
             await store.enqueue(Echo(1))
             dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                                       capture_output=True, text=True).stdout.strip()
-            await store._db.execute(
-                "INSERT INTO litejobs_workers VALUES ('ghost', ?, ?, '[\"echo\"]', 0)",
-                (__import__("socket").gethostname(), int(dead_pid)))
+            await by_hand(store, "INSERT INTO litejobs_workers VALUES ('ghost', ?, ?, '[\"echo\"]', 0)",
+                          (__import__("socket").gethostname(), int(dead_pid)))
             assert (await store.stats())["default"].unregistered is None
 
     run(main())
@@ -2376,7 +2477,7 @@ def test_compaction_folds_old_hourly_counts_and_keeps_the_totals(db):
             async with litejobs.Worker(store, [Echo]):
                 await wait_state(store, 2, "done")
             clock.advance(70 * 86_400)  # past the two months that keep hourly detail
-            await store.exchange(litejobs._Request(compact=True))
+            await round_trip(store, compact=True)
             assert (await store.stats())["default"].done_counts == litejobs.JobStat(0, 0, 0, 2)
 
     run(main())
@@ -2418,8 +2519,8 @@ def test_row_count_stays_bounded_under_steady_load(db):
                     await store.enqueue_many([Noop() for _ in range(200)])
                     # Not store.wait(): with keep_done=0 a done row may be gone already.
                     await wait_until(lambda n=200 * round_number: _all_done(store, n), "the round to finish")
-                await asyncio.sleep(litejobs._WATCHDOG_INTERVAL * 2.5)
-                rows = (await store._db.execute_fetchall("SELECT count(*) FROM litejobs_jobs"))[0][0]
+                await asyncio.sleep(WATCHDOG_INTERVAL * 2.5)
+                rows = len(await store.jobs(limit=10_000))  # in every state
             assert rows < 1000  # 6,000 jobs ran; only the last batch may still be kept
             assert (await store.stats())["default"].done_counts.all_time == 6000
 
@@ -2482,7 +2583,7 @@ def test_ticks_coalesce_while_only_workers_of_other_jobs_are_up(db):
         async with litejobs.connect(db, clock=clock) as store:
             await store.every(60, Echo("tick"))
             for _ in range(6):  # an hour's worth of a worker that knows only noop, in short
-                await store.exchange(litejobs._Request(housekeeping=True, names=["noop"]))
+                await round_trip(store, housekeeping=True, names=["noop"])
                 clock.advance(60)
             assert len(await store.jobs(name="echo", state="pending")) == 1
             async with litejobs.Worker(store, [Echo]):  # a worker that knows it runs it once
@@ -2636,9 +2737,8 @@ async def main():
         if {until_empty!r}:
             async with worker:
                 while True:
-                    row = await store._db.execute_fetchall(
-                        "SELECT count(*) FROM litejobs_jobs WHERE state IN ('pending', 'running')")
-                    if row[0][0] == 0:
+                    s = (await store.stats()).get("default")
+                    if s is None or s.pending + s.scheduled + s.running == 0:
                         break
                     await asyncio.sleep(0.05)
         else:
@@ -3027,11 +3127,10 @@ def test_full_disk_enqueue_fails_cleanly_and_stores_nothing(db):
     async def main():
         async with litejobs.connect(db) as store:
             kept = await store.enqueue(Echo("kept"))
-            pages = (await store._db.execute_fetchall("PRAGMA page_count"))[0][0]
-            await store._db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is now full
+            await fill_the_disk(store)
             with pytest.raises(litejobs.StoreError, match="database or disk is full"):
                 await store.enqueue_many([Echo("x" * 5000) for _ in range(50)])
-            await store._db.execute("PRAGMA max_page_count = 1073741823")
+            await make_room_on_the_disk(store)
             assert [j.id for j in await store.jobs()] == [kept]  # nothing partial
             assert (await store.get(kept)).payload == {"value": "kept"}
 
@@ -3049,13 +3148,12 @@ def test_worker_keeps_retrying_an_outcome_write_until_the_disk_has_room(db, capl
     async def main():
         async with litejobs.connect(db) as store:
             job_id = await store.enqueue(BigResult())
-            pages = (await store._db.execute_fetchall("PRAGMA page_count"))[0][0]
-            await store._db.execute(f"PRAGMA max_page_count = {pages + 2}")
+            await fill_the_disk(store, spare_pages=2)
             async with litejobs.Worker(store, [BigResult]):
                 await wait_until(lambda: _true_when("database or disk is full" in caplog.text),
                                  "a failed outcome write")
                 assert (await store.get(job_id)).state == "running"
-                await store._db.execute("PRAGMA max_page_count = 1073741823")  # room again
+                await make_room_on_the_disk(store)  # room again
                 info = await wait_state(store, job_id, "done")
             assert len(info.result) == 200_000 and info.attempts == 1
 
@@ -3350,41 +3448,20 @@ def test_cli_through_a_real_process_and_stats_watch(demo_db):
 
 
 def test_every_kind_of_request_counts_as_something_to_send():
-    assert litejobs._Request(names=["x"]).asks_nothing()
-    for field in dataclasses.fields(litejobs._Request):
+    assert worker_request(names=["x"]).asks_nothing()
+    for field in dataclasses.fields(worker_request()):
         if field.name != "names":
             value = {"bool": True, "float | None": 1.0}.get(field.type, [1])
             if field.name == "wants":
                 value = {"default": 1}
-            assert not litejobs._Request(**{field.name: value}).asks_nothing(), field.name
-
-
-def _planner(capacity=None, keep_done=86_400):
-    capacity = {"default": 2, "email": 1} if capacity is None else capacity
-    return litejobs._Planner(capacity, ["noop"], keep_done)
-
-
-def _answer(now, claimed=None, next_due=None, expired=(), written=()):
-    return litejobs._Exchange(now=now, data_version=1, claimed=claimed or {}, next_due=next_due,
-                              expired=list(expired), written=list(written))
-
-
-def _claimed_row(job_id, queue="default", lease=1, timeout_ms=10_000):
-    return litejobs._Claimed(job_id, "noop", queue, "{}", 1, lease, 5, "linear", 0.0, timeout_ms, 0, T0)
-
-
-def _running(job_id, started, lease=1, timeout_ms=10_000):
-    from types import SimpleNamespace
-
-    return SimpleNamespace(claimed=_claimed_row(job_id, lease=lease, timeout_ms=timeout_ms),
-                           timeout=timeout_ms / 1000, started=started)
+            assert not worker_request(**{field.name: value}).asks_nothing(), field.name
 
 
 def test_planner_claims_everywhere_at_first_then_only_where_claims_came_back_full():
-    planner = _planner()
+    planner = new_planner()
     request = planner.plan(T0, 100.0, (), ())
     assert request.wants == {"default": 2, "email": 1} and request.housekeeping
-    planner.took(request, _answer(T0, {"default": [_claimed_row(1), _claimed_row(2)], "email": []}), 100.0, ())
+    planner.took(request, store_answer(T0, {"default": [claimed_row(1), claimed_row(2)], "email": []}), 100.0, ())
     planner.running["default"] = 2  # the worker started both
     assert planner.unclaimed == {"default"} and not planner.go_again()  # full, and no slot free
     assert planner.plan(T0, 100.1, (), ()).wants == {}
@@ -3393,7 +3470,7 @@ def test_planner_claims_everywhere_at_first_then_only_where_claims_came_back_ful
 
 
 def test_planner_asks_a_full_queue_again_when_a_slot_frees_after_a_wake_up():
-    planner = _planner({"default": 1})
+    planner = new_planner({"default": 1})
     planner.running["default"] = 1
     planner.something_changed()  # an enqueue while the only slot is busy
     assert planner.plan(T0, 0.0, (), ()).wants == {}
@@ -3402,7 +3479,7 @@ def test_planner_asks_a_full_queue_again_when_a_slot_frees_after_a_wake_up():
 
 
 def test_planner_housekeeping_and_sleep_run_on_the_monotonic_clock():
-    planner = _planner()
+    planner = new_planner()
     assert planner.plan(T0, 10.0, (), ()).housekeeping
     assert not planner.plan(T0 - 600, 10.5, (), ()).housekeeping  # a wall-clock step back changes nothing
     assert planner.sleep_for(T0 - 600, 10.5) == pytest.approx(0.5)
@@ -3410,49 +3487,50 @@ def test_planner_housekeeping_and_sleep_run_on_the_monotonic_clock():
 
 
 def test_planner_sleeps_until_the_next_due_time_it_knows():
-    planner = _planner()
+    planner = new_planner()
     request = planner.plan(T0, 0.0, (), ())
-    planner.took(request, _answer(T0, {"default": [], "email": []}, next_due=T0 + 0.25), 0.0, ())
+    planner.took(request, store_answer(T0, {"default": [], "email": []}, next_due=T0 + 0.25), 0.0, ())
     assert planner.sleep_for(T0, 0.0) == pytest.approx(0.25)
     assert planner.plan(T0 + 0.25, 0.25, (), ()).wants == {"default": 2, "email": 1}
 
 
 def test_planner_keeps_a_due_time_that_a_late_trip_did_not_claim_for():
-    planner = _planner()
-    planner.took(planner.plan(T0, 0.0, (), ()), _answer(T0, {"default": [], "email": []}, next_due=T0 + 1), 0.0, ())
+    planner = new_planner()
+    answer = store_answer(T0, {"default": [], "email": []}, next_due=T0 + 1)
+    planner.took(planner.plan(T0, 0.0, (), ()), answer, 0.0, ())
     request = planner.plan(T0 + 0.5, 0.5, (), ())  # no claim: nothing due yet
     assert request.wants == {}
-    planner.took(request, _answer(T0 + 2, next_due=None), 2.0, ())  # answered after the due time
+    planner.took(request, store_answer(T0 + 2, next_due=None), 2.0, ())  # answered after the due time
     assert planner.plan(T0 + 2, 2.0, (), ()).wants == {"default": 2, "email": 1}
 
 
 def test_planner_fails_an_expired_attempt_only_once_seen_so_for_the_confirm_time():
-    planner = _planner()
-    expired = [litejobs._Expiry(7, 1, T0 - 5)]
+    planner = new_planner()
+    expired = [expiry(7, 1, T0 - 5)]
     request = planner.plan(T0, 0.0, (), ())
-    planner.took(request, _answer(T0, expired=expired), 0.0, ())
+    planner.took(request, store_answer(T0, expired=expired), 0.0, ())
     assert planner.plan(T0, 1.0, (), ()).reap == []  # seen once: a suspect
-    planner.took(planner.plan(T0, 2.0, (), ()), _answer(T0, expired=expired), 2.0, ())
+    planner.took(planner.plan(T0, 2.0, (), ()), store_answer(T0, expired=expired), 2.0, ())
     assert planner.plan(T0, 3.0, (), ()).reap == expired  # seen expired since 0.0, and it is 3.0
     # Its owner wrote a new deadline meanwhile: the watch starts again.
-    planner = _planner()
-    planner.took(planner.plan(T0, 0.0, (), ()), _answer(T0, expired=expired), 0.0, ())
-    renewed = [litejobs._Expiry(7, 1, T0 - 1)]
-    planner.took(planner.plan(T0, 2.0, (), ()), _answer(T0, expired=renewed), 2.0, ())
+    planner = new_planner()
+    planner.took(planner.plan(T0, 0.0, (), ()), store_answer(T0, expired=expired), 0.0, ())
+    renewed = [expiry(7, 1, T0 - 1)]
+    planner.took(planner.plan(T0, 2.0, (), ()), store_answer(T0, expired=renewed), 2.0, ())
     assert planner.plan(T0, 3.0, (), ()).reap == []
 
 
 def test_planner_never_suspects_its_own_attempts():
-    planner = _planner()
-    own = [_running(7, started=0.0)]
-    planner.took(planner.plan(T0, 0.0, own, ()), _answer(T0, expired=[litejobs._Expiry(7, 1, T0 - 5)]), 0.0, own)
+    planner = new_planner()
+    own = [running_attempt(7, started=0.0)]
+    planner.took(planner.plan(T0, 0.0, own, ()), store_answer(T0, expired=[expiry(7, 1, T0 - 5)]), 0.0, own)
     assert planner.suspects == {}
 
 
 def test_planner_re_expresses_running_deadlines_after_a_clock_step():
-    planner = _planner()
+    planner = new_planner()
     planner.plan(T0, 0.0, (), ())
-    attempt = _running(7, started=0.0, timeout_ms=10_000)  # claimed then
+    attempt = running_attempt(7, started=0.0, timeout_ms=10_000)  # claimed then
     assert planner.plan(T0 + 0.1, 0.1, [attempt], ()).renew == ()  # the clock is where it was
     assert planner.plan(T0 + 0.2, 0.2, [attempt], ()).renew == ()
     request = planner.plan(T0 + 64, 4.0, [attempt], ())  # the wall clock jumped a minute ahead
@@ -3461,12 +3539,12 @@ def test_planner_re_expresses_running_deadlines_after_a_clock_step():
 
 
 def test_planner_asks_nothing_of_a_stopping_worker_but_its_outcomes():
-    planner = _planner()
+    planner = new_planner()
     planner.plan(T0, 0.0, (), ())
     planner.stopping = True
     request = planner.plan(T0 + 5, 5.0, (), ())
     assert request.wants == {} and not request.housekeeping and request.asks_nothing()
-    outcome = _claimed_row(1).outcome("done", "success")
+    outcome = success(claimed_row(1))
     assert planner.plan(T0 + 5, 5.1, (), [outcome]).outcomes == [outcome]
 
 
@@ -3497,9 +3575,6 @@ def test_what_litejobs_relies_on_in_aiosqlite(db):
 # -- a property test: the store against a model of SPEC section 2 --------------
 
 
-GRACE = litejobs._WATCHDOG_GRACE
-
-
 class StoreAgainstModel(RuleBasedStateMachine):
     """Drives the store's own operations with injected time and checks every
     job's state, attempt count and due time against a plain model."""
@@ -3522,7 +3597,7 @@ class StoreAgainstModel(RuleBasedStateMachine):
 
     def exchange(self, **request):
         request.setdefault("names", ["m"])
-        return self.store._run(litejobs._exchange, litejobs._Request(**request), self.clock)
+        return round_trip_sync(self.store, **request)
 
     def running(self):
         return sorted(i for i, job in self.model.items() if job["state"] == "running")
@@ -3530,8 +3605,9 @@ class StoreAgainstModel(RuleBasedStateMachine):
     def claimed(self, job_id):
         """The job as its claim returned it, from the model."""
         job = self.model[job_id]
-        return litejobs._Claimed(job_id, "m", "q", "{}", job["attempts"], job["lease"], job["max_retries"],
-                                 job["backoff"].kind, float(job["backoff"].value), 1000, 0, job["run_at"])
+        return claimed_row(job_id, name="m", queue="q", attempts=job["attempts"], lease=job["lease"],
+                           max_retries=job["max_retries"], backoff=job["backoff"], timeout_ms=1000,
+                           run_at=job["run_at"])
 
     def fail_in_model(self, job, delay=None, dead_now=False):
         retries_left = job["max_retries"] is None or job["attempts"] <= job["max_retries"]
@@ -3567,12 +3643,12 @@ class StoreAgainstModel(RuleBasedStateMachine):
                      if job["state"] == "pending" and job["run_at"] <= self.clock.now)
         expected = [i for _, i in due[:n]]
         claimed = self.exchange(wants={"q": n}).claimed["q"]
-        assert [row[0] for row in claimed] == expected
+        assert [row.id for row in claimed] == expected
         for row in claimed:
-            job = self.model[row[0]]
-            job.update(state="running", attempts=job["attempts"] + 1, lease=row[5],
-                       deadline=self.clock.now + 1 + GRACE)
-            assert row[4] == job["attempts"]
+            job = self.model[row.id]
+            job.update(state="running", attempts=job["attempts"] + 1, lease=row.lease,
+                       deadline=self.clock.now + 1 + WATCHDOG_GRACE)
+            assert row.attempts == job["attempts"]
 
     @precondition(lambda self: self.running())
     @rule(data=st.data(), how=st.sampled_from(["success", "failure", "retry_now", "retry_later", "abort"]))
@@ -3581,12 +3657,11 @@ class StoreAgainstModel(RuleBasedStateMachine):
         job = self.model[job_id]
         limits = self.claimed(job_id)
         if how == "success":
-            outcome = litejobs._Outcome(job_id, job["lease"], "done", "success", "m", "q", job["attempts"])
+            outcome = success(limits)
             job["state"] = "done"
         else:
             delay = {"retry_now": 0, "retry_later": 7}.get(how)
-            outcome = litejobs._failure_outcome(limits, "boom", "failure", requested_delay=delay,
-                                                dead_now=how == "abort")
+            outcome = failure(limits, requested_delay=delay, dead_now=how == "abort")
             self.fail_in_model(job, delay, dead_now=how == "abort")
         assert len(self.exchange(outcomes=[outcome]).written) == 1
 
@@ -3599,14 +3674,14 @@ class StoreAgainstModel(RuleBasedStateMachine):
         for job_id in self.running():
             job = self.model[job_id]
             limits = self.claimed(job_id)
-            outcomes.append(litejobs._failure_outcome(limits, "boom", "failure"))
+            outcomes.append(failure(limits))
             self.fail_in_model(job)
         self.exchange(outcomes=outcomes)
 
     @precondition(lambda self: self.running())
     @rule(then_claim_again=st.booleans())
     def watchdog(self, then_claim_again):
-        self.clock.advance(1 + GRACE)
+        self.clock.advance(1 + WATCHDOG_GRACE)
         for job_id in self.running():
             job = self.model[job_id]
             if job["deadline"] <= self.clock.now:
@@ -3625,7 +3700,7 @@ class StoreAgainstModel(RuleBasedStateMachine):
         job_id = data.draw(st.sampled_from(self.running()))
         job = self.model[job_id]
         self.exchange(renew=[(job_id, job["lease"], left)])
-        job["deadline"] = self.clock.now + left + GRACE
+        job["deadline"] = self.clock.now + left + WATCHDOG_GRACE
 
     def stale_of_running_jobs(self):
         return [(i, lease) for i, lease in self.stale if self.model.get(i, {}).get("state") == "running"]
@@ -3634,14 +3709,14 @@ class StoreAgainstModel(RuleBasedStateMachine):
     @rule(data=st.data())
     def late_outcome_while_the_job_runs_again(self, data):
         job_id, lease = data.draw(st.sampled_from(self.stale_of_running_jobs()))
-        outcome = litejobs._Outcome(job_id, lease, "done", "success", "m", "q", 1)
+        outcome = success(claimed_row(job_id, name="m", queue="q", lease=lease))
         assert self.exchange(outcomes=[outcome]).written == []
 
     @precondition(lambda self: self.stale)
     @rule(data=st.data())
     def late_outcome_changes_nothing(self, data):
         job_id, lease = data.draw(st.sampled_from(self.stale))
-        outcome = litejobs._Outcome(job_id, lease, "done", "success", "m", "q", 1)
+        outcome = success(claimed_row(job_id, name="m", queue="q", lease=lease))
         assert self.exchange(outcomes=[outcome]).written == []
 
     @precondition(lambda self: self.model)
