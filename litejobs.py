@@ -2788,6 +2788,7 @@ class Worker:
                 try:
                     answer = await self._round_trip(request)
                 except Exception as exc:
+                    self._in_flight = None
                     self._outcomes[:0] = outcomes  # nothing was written: ask again
                     planner.failed(request)
                     failures += 1
@@ -2812,11 +2813,9 @@ class Worker:
         claimed instead of leaving those jobs running for the watchdog."""
         trip = asyncio.ensure_future(self._store.exchange(request))
         self._in_flight = (request, trip)
-        try:
-            return await asyncio.shield(trip)
-        finally:
-            if trip.done():
-                self._in_flight = None
+        answer = await asyncio.shield(trip)  # raising, it leaves _in_flight for _hand_back_all
+        self._in_flight = None
+        return answer
 
     def _give_up(self, exc: Exception, failures: int, stop_deadline: float | None) -> bool:
         """A round trip failed; nothing was written.  Raise if it never can

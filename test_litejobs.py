@@ -15,8 +15,12 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import litejobs
 
@@ -63,12 +67,147 @@ async def wait_state(store, job_id, state, attempts=None, timeout=15.0):
     return await wait_until(check, f"job {job_id} to be {state} (attempts={attempts})", timeout)
 
 
+async def _true_when(value):
+    return value
+
+
+async def _open_and_close(db):
+    async with litejobs.connect(db):
+        pass
+
+
+def _cli(capsys, *argv):
+    code = litejobs.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def orjson_loads(text):
+    import json
+
+    return json.loads(text)
+
+
 @pytest.fixture
 def db(tmp_path):
     return str(tmp_path / "jobs.db")
 
 
-# -- job classes used across tests -------------------------------------------
+# -- the internals tests reach, each in one place ------------------------------
+# What a worker and its store say to each other (requests, answers, claimed
+# rows, outcomes), the planner that decides what to say, and the watchdog's
+# timings are private.  Tests that need them go through these helpers, so a
+# change of that seam is made here once, not in dozens of tests; the few that
+# must name another internal (a query plan, a function they monkeypatch on
+# purpose) name it where they use it.
+
+WATCHDOG_GRACE = litejobs._WATCHDOG_GRACE  # past a deadline, before a watchdog counts the attempt expired
+WATCHDOG_INTERVAL = litejobs._WATCHDOG_INTERVAL  # between a worker's housekeeping passes
+WATCHDOG_CONFIRM = litejobs._WATCHDOG_CONFIRM  # how long an expiry is seen before the watchdog fails it
+
+
+def worker_request(**fields):
+    """What a worker asks of its store in one round trip."""
+    return litejobs._Request(**fields)
+
+
+async def round_trip(store, **fields):
+    """One worker round trip on an async store: outcomes in, housekeeping, claims out; the store's answer."""
+    return await store.exchange(worker_request(**fields))
+
+
+def round_trip_sync(store, **fields):
+    """The same round trip on the sync twin, which serves no worker itself."""
+    return store._run(litejobs._exchange, worker_request(**fields), store.clock)
+
+
+async def claim(store, n, names, queue="default"):
+    """Claim up to ``n`` due jobs of ``names`` in ``queue``, as a worker does; the claimed rows, best first."""
+    return (await round_trip(store, wants={queue: n}, names=names)).claimed[queue]
+
+
+async def reap_expired(store):
+    """What another worker's watchdog does once it has seen attempts stay
+    expired: it looks (housekeeping), then fails them (reap).  Returns what it saw."""
+    expired = (await round_trip(store, housekeeping=True)).expired
+    await round_trip(store, reap=expired)
+    return expired
+
+
+def make_round_trips_fail(store, error):
+    """From now on every round trip between the store and its workers raises ``error``."""
+
+    async def broken(request):
+        raise error
+
+    store.exchange = broken
+
+
+def claimed_row(job_id, name="noop", queue="default", attempts=1, lease=1, max_retries=5, backoff=None,
+                timeout_ms=10_000, run_at=T0):
+    """A job as a claim hands it to a worker (``attempts`` counts the attempt it starts)."""
+    backoff = litejobs.Linear(0) if backoff is None else backoff
+    return litejobs._Claimed(job_id, name, queue, "{}", attempts, lease, max_retries, backoff.kind,
+                             float(backoff.value), timeout_ms, 0, run_at)
+
+
+def success(row, **fields):
+    """The outcome of an attempt at ``row`` that succeeded."""
+    return row.outcome("done", "success", **fields)
+
+
+def failure(row, error="boom", **fields):
+    """The outcome of an attempt at ``row`` that failed: retried or dead, as the row's limits say."""
+    return litejobs._failure_outcome(row, error, "failure", **fields)
+
+
+def expiry(job_id, lease, deadline):
+    """An attempt past its deadline, as a watchdog saw it."""
+    return litejobs._Expiry(job_id, lease, deadline)
+
+
+def new_planner(capacity=None, keep_done=86_400):
+    """The worker's planner, which decides without I/O, for a worker of the noop job."""
+    capacity = {"default": 2, "email": 1} if capacity is None else capacity
+    return litejobs._Planner(capacity, ["noop"], keep_done)
+
+
+def store_answer(now, claimed=None, next_due=None, expired=(), written=()):
+    """The store's answer to a round trip, as the planner takes it."""
+    return litejobs._Exchange(now=now, data_version=1, claimed=claimed or {}, next_due=next_due,
+                              expired=list(expired), written=list(written))
+
+
+def running_attempt(job_id, started, lease=1, timeout_ms=10_000):
+    """An attempt the worker runs, as the planner sees it."""
+    return SimpleNamespace(claimed=claimed_row(job_id, lease=lease, timeout_ms=timeout_ms),
+                           timeout=timeout_ms / 1000, started=started)
+
+
+async def by_hand(store, statement, params=()):
+    """SQL on the store's own connection: a hand edit, or a PRAGMA that holds on that connection only."""
+    return await store._db.execute_fetchall(statement, params)
+
+
+async def fill_the_disk(store, spare_pages=0):
+    """From now on the store's file may grow by ``spare_pages`` pages only
+    (max_page_count is per connection: every connection of the store hears it)."""
+    pages = (await by_hand(store, "PRAGMA page_count"))[0][0]
+    await _set_max_pages(store, pages + spare_pages)
+
+
+async def make_room_on_the_disk(store):
+    """Let the store's file grow again."""
+    await _set_max_pages(store, 1073741823)
+
+
+async def _set_max_pages(store, pages):
+    await by_hand(store, f"PRAGMA max_page_count = {pages}")
+    if store._quick is not None:  # the event loop's own connection
+        store._quick.execute(f"PRAGMA max_page_count = {pages}")
+
+
+# -- job classes used across tests ---------------------------------------------
 
 
 @dataclass
@@ -111,7 +250,7 @@ def failing_job(max_retries, backoff=None):
     return Failing
 
 
-# -- the job model -------------------------------------------------------------
+# -- the job model and its definitions -----------------------------------------
 
 
 def test_all_is_exactly_the_public_names():
@@ -157,6 +296,28 @@ def test_negative_count_is_a_definition_error():
         litejobs.Exponential(0.5)
     with pytest.raises(litejobs.JobDefinitionError, match="secs >= 0"):
         litejobs.Linear(-1)
+
+
+def test_limits_beyond_sqlite_integers_are_definition_errors():
+    with pytest.raises(litejobs.JobDefinitionError, match="Count\\(n\\) needs a whole number from 0 to 2\\*\\*63 - 1"):
+        litejobs.Count(2**63)
+    assert litejobs.Count(2**63 - 1).as_column() == 2**63 - 1
+    for timeout in (2**63, 10**30, litejobs._MAX_TIMEOUT_MS + 1):
+        with pytest.raises(litejobs.JobDefinitionError, match="TIMEOUT must be a positive int of milliseconds, at"):
+            type("Broken", (litejobs.Job,), {"NAME": "broken", "TIMEOUT": timeout})
+
+    @dataclass
+    class HugeTimeout(litejobs.Job):
+        NAME = "huge_timeout"
+
+        def timeout(self):
+            return 2**63
+
+        async def run(self, state):
+            pass
+
+    with pytest.raises(litejobs.JobDefinitionError, match="timeout\\(\\) returned 9223372036854775808, not a positive"):
+        litejobs.new_job(HugeTimeout())
 
 
 def test_definition_errors_at_registration(db):
@@ -265,51 +426,12 @@ def test_new_job_builds_the_row_without_a_database():
     assert row.max_retries == litejobs.Count(5) and row.backoff == litejobs.Exponential(2) and row.timeout == 15_000
 
 
-def test_unencodable_payload_names_job_and_field(db):
-    @dataclass
-    class Holder(litejobs.Job):
-        NAME = "holder"
-        fine: int
-        bad: object
-
-        async def run(self, state):
-            pass
-
-    for bad in (object(), {1, 2}, datetime.now(timezone.utc), 2**70):
-        with pytest.raises(litejobs.SerializationError, match="job 'holder', field 'bad'"):
-            litejobs.new_job(Holder(1, bad))
-
-    async def main():
-        async with litejobs.connect(db) as store:
-            with pytest.raises(litejobs.SerializationError):
-                await store.enqueue_many([Holder(1, 2), Holder(1, object())])
-            assert await store.get(1) is None
-
-    run(main())
-
-
-def test_bad_enqueue_arguments_are_clear(db):
-    async def main():
-        async with litejobs.connect(db) as store:
-            with pytest.raises(ValueError, match="aware datetime"):
-                await store.schedule(Noop(), at=datetime(2030, 1, 1))
-            with pytest.raises(ValueError, match="delay must not be negative"):
-                await store.enqueue(Noop(), delay=-1)
-            with pytest.raises(ValueError, match="priority must be an int"):
-                await store.enqueue(Noop(), priority="high")
-            with pytest.raises(TypeError, match="expected a litejobs.Job instance, got str"):
-                await store.enqueue("noop")
-            assert await store.get(1) is None
-
-    run(main())
-
-
 def test_current_outside_a_job_is_an_error():
     with pytest.raises(litejobs.LiteJobsError, match="outside a running job"):
         litejobs.current()
 
 
-# -- the store ---------------------------------------------------------------
+# -- the store: connecting, the file's schema and privacy, its loop and process ---
 
 
 def test_connect_creates_wal_database_and_enqueue_get(db):
@@ -339,58 +461,12 @@ def test_connect_creates_wal_database_and_enqueue_get(db):
     assert conn.execute("SELECT value FROM litejobs_meta WHERE key = 'schema_version'").fetchone()[0] == "2"
 
 
-def test_enqueue_many_is_one_transaction(db):
+def test_connect_rejects_unknown_options(db):
     async def main():
-        async with litejobs.connect(db) as store:
-            ids = await store.enqueue_many([Echo(i) for i in range(50)])
-            assert ids == list(range(ids[0], ids[0] + 50))
-            assert [(await store.get(i)).payload["value"] for i in ids] == list(range(50))
-
-    run(main())
-
-
-def test_unique_key_returns_the_existing_job_while_pending_or_running(db):
-    async def main():
-        async with litejobs.connect(db) as store:
-            first = await store.enqueue(Echo(1), unique_key="report:42")
-            again = await store.enqueue(Echo(2), unique_key="report:42")
-            other = await store.enqueue(Echo(3), unique_key="report:43")
-            assert again == first and other != first
-            assert (await store.get(first)).payload == {"value": 1}
-            async with litejobs.Worker(store, [Echo]):
-                await wait_state(store, first, "done")
-            after_done = await store.enqueue(Echo(4), unique_key="report:42")
-            assert after_done not in (first, other)
-
-    run(main())
-
-
-def test_claim_uses_the_index_not_a_scan(db):
-    run(_open_and_close(db))
-    conn = sqlite3.connect(db)
-    plan = conn.execute("EXPLAIN QUERY PLAN " + litejobs._sql_claim(1), (T0, "default", 10, "a")).fetchall()
-    text = " | ".join(row[-1] for row in plan)
-    assert "USING INDEX litejobs_jobs_claim_by_name (queue=? AND name=?)" in text
-    assert "SCAN litejobs_jobs" not in text and "TEMP B-TREE" not in text, text
-
-
-def test_claim_never_walks_past_jobs_of_names_the_worker_does_not_know(db):
-    # Each name's best N come straight from the index; only those few rows
-    # are sorted together.  (bench_litejobs.py measures the cost.)
-    run(_open_and_close(db))
-    conn = sqlite3.connect(db)
-    plan = conn.execute("EXPLAIN QUERY PLAN " + litejobs._sql_claim(3), (T0, "default", 10, "a", "b", "c")).fetchall()
-    searches = sorted(row[-1] for row in plan if "litejobs_jobs" in row[-1])
-    assert searches == ["SEARCH litejobs_jobs USING INDEX litejobs_jobs_claim_by_name (queue=? AND name=?)"] * 3 \
-        + ["SEARCH litejobs_jobs USING INTEGER PRIMARY KEY (rowid=?)"], plan
-
-    async def main():  # and it still takes the best jobs across names
-        async with litejobs.connect(db, clock=FakeClock()) as store:
-            low = await store.enqueue(Noop(), priority=1)
-            high = await store.enqueue(Echo(1), priority=5)
-            await store.enqueue_many([AlwaysFails()] * 50, priority=9)  # a name nobody asks for
-            answer = await store.exchange(litejobs._Request(wants={"default": 2}, names=["echo", "noop"]))
-            assert [row[0] for row in answer.claimed["default"]] == [high, low]
+        with pytest.raises(TypeError, match="unknown option\\(s\\): sync"):
+            await litejobs.connect(db, sync="FULL")
+        with pytest.raises(ValueError, match="synchronous must be"):
+            await litejobs.connect(db, synchronous="OFF")
 
     run(main())
 
@@ -430,11 +506,6 @@ def test_a_file_of_schema_version_1_is_migrated_and_keeps_its_jobs(db):
     assert conn.execute("SELECT value FROM litejobs_meta WHERE key = 'schema_version'").fetchone()[0] == "2"
     indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "litejobs_jobs_claim" not in indexes and "litejobs_jobs_claim_by_name" in indexes
-
-
-async def _open_and_close(db):
-    async with litejobs.connect(db):
-        pass
 
 
 def test_not_a_database_is_refused_and_untouched(tmp_path):
@@ -481,17 +552,680 @@ def test_users_own_database_is_left_alone(db):
     }
 
 
-def test_connect_rejects_unknown_options(db):
+def test_database_of_another_program_is_refused_and_untouched(db):
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE litejobs_jobs (id INTEGER PRIMARY KEY, whatever TEXT)")  # not ours
+    conn.commit()
+    conn.close()
+    before = open(db, "rb").read()
+
     async def main():
-        with pytest.raises(TypeError, match="unknown option\\(s\\): sync"):
-            await litejobs.connect(db, sync="FULL")
-        with pytest.raises(ValueError, match="synchronous must be"):
-            await litejobs.connect(db, synchronous="OFF")
+        with pytest.raises(litejobs.StoreError, match="litejobs_ tables that litejobs did not create"):
+            await litejobs.connect(db)
+
+    run(main())
+    assert open(db, "rb").read() == before
+
+
+def test_an_old_sqlite_is_refused_at_connect_with_a_plain_message(db, monkeypatch):
+    monkeypatch.setattr(litejobs, "_SQLITE_HAS_RETURNING", False)
+
+    async def main():
+        with pytest.raises(litejobs.StoreError, match="needs SQLite 3.35 or newer"):
+            await litejobs.connect(db)
 
     run(main())
 
 
-# -- the worker: running, retrying, timing out ---------------------------------
+def test_file_uri_paths_are_refused_with_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for uri in (f"file:{tmp_path / 'jobs.db'}?mode=rwc", "file:jobs.db"):
+        with pytest.raises(litejobs.StoreError, match="is a file: URI, which litejobs does not take: give the plain"):
+            run(_open_and_close(uri))
+        with pytest.raises(litejobs.StoreError, match="is a file: URI"):
+            litejobs.connect_sync(uri)
+    assert os.listdir(tmp_path) == []  # nothing created, under either name
+
+
+def test_new_database_files_are_private_to_their_owner(tmp_path):
+    db = str(tmp_path / "secret.db")
+    old_umask = os.umask(0o022)
+    try:
+        async def main():
+            async with litejobs.connect(db) as store:
+                await store.enqueue(Echo("api-key-123"))
+                modes = {suffix: os.stat(db + suffix).st_mode & 0o777 for suffix in ("", "-wal", "-shm")}
+            return modes
+
+        assert run(main()) == {"": 0o600, "-wal": 0o600, "-shm": 0o600}
+    finally:
+        os.umask(old_umask)
+
+
+def test_a_database_opened_through_a_symlink_is_watched_and_private(tmp_path, monkeypatch):
+    # No housekeeping pass after the first: only the watcher of the -wal file
+    # (beside the real file, not the link) can see another connection's job.
+    monkeypatch.setattr(litejobs, "_WATCHDOG_INTERVAL", 3600)
+    (tmp_path / "real").mkdir()
+    target, link = tmp_path / "real" / "jobs.db", tmp_path / "link.db"
+    link.symlink_to(target)  # dangling until litejobs creates the file
+    old_umask = os.umask(0o022)
+    try:
+        async def main():
+            async with litejobs.connect(str(link)) as store:
+                async with litejobs.Worker(store, [Noop], poll_interval=0.01):
+                    await asyncio.sleep(0.05)
+                    async with litejobs.connect(str(target)) as other:
+                        job_id = await other.enqueue(Noop())
+                    await wait_state(store, job_id, "done")
+
+        run(main())
+        assert os.stat(target).st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old_umask)
+
+
+def test_a_store_used_from_another_event_loop_says_so(db):
+    async def open_store():
+        return await litejobs.connect(db)
+
+    store = run(open_store())
+    outcome = []
+
+    def second_loop():
+        for call in (store.enqueue(Noop()), store.get(1)):
+            try:
+                outcome.append(asyncio.run(call))
+            except BaseException as exc:
+                outcome.append(exc)
+
+    thread = threading.Thread(target=second_loop, daemon=True)
+    thread.start()
+    thread.join(10)  # guards against a hang; never decides a pass
+    assert len(outcome) == 2, "the calls from a second event loop hung"
+    for exc in outcome:
+        assert isinstance(exc, litejobs.StoreError), exc
+        assert str(exc) == f"the store for {db!r} belongs to another event loop: connect again in this one"
+    run(store.close())  # closing works from any loop
+
+
+def test_a_store_opened_before_a_fork_says_so_in_the_child(db):
+    import warnings
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            await store.enqueue(Noop())
+            read, write = os.pipe()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+            if pid == 0:  # the child
+                try:
+                    os.close(read)
+                    try:
+                        message = f"enqueued {asyncio.run(store.enqueue(Noop()))}"
+                    except BaseException as exc:
+                        message = f"{type(exc).__name__}: {exc}"
+                    asyncio.run(store.close())  # leaves the parent's connection alone
+                    os.write(write, message.encode())
+                finally:
+                    os._exit(0)
+            os.close(write)
+            give_up = time.monotonic() + 10  # a hang fails the test instead of hanging the suite
+            while os.waitpid(pid, os.WNOHANG) == (0, 0):
+                if time.monotonic() > give_up:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.01)
+            with os.fdopen(read) as pipe:
+                message = pipe.read()
+            assert message == (f"StoreError: the store for {db!r} was opened in another process (this one "
+                               "was forked from it): connect again in this process")
+            assert len(await store.jobs()) == 1  # the parent's store is unharmed
+
+    run(main())
+
+
+# -- rows edited by hand: refused by the schema, quarantined, never trusted ----
+
+
+def test_hand_edits_that_would_break_a_job_are_refused_by_the_schema(db):
+    run(_open_and_close(db))
+    with litejobs.connect_sync(db) as store:
+        job_id = store.enqueue(Noop())
+    conn = sqlite3.connect(db)
+    for edit in ["state = 'zombie'", "attempts = -3", "run_at = NULL", "run_at = 'tomorrow'",
+                 "backoff = 'random'", "timeout_ms = 0", "max_retries = -1", "priority = 'high'"]:
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute(f"UPDATE litejobs_jobs SET {edit} WHERE id = ?", (job_id,))
+    conn.close()
+
+
+def test_hostile_rows_fail_their_job_and_others_keep_flowing(db):
+    @dataclass
+    class Other(litejobs.Job):
+        NAME = "other"
+        different: int
+
+        async def run(self, state):
+            pass
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            wrong_shape = await store.enqueue(Echo(1))
+            renamed = await store.enqueue(Echo(2))
+            negative = await store.enqueue(Echo(3))
+            weird_backoff = await store.enqueue(Echo(4))
+            zombie = await store.enqueue(Echo(5))
+            fine = await store.enqueue_many([Echo(i) for i in range(20)])
+            edits = [("payload = '[1, 2, 3]'", wrong_shape), ("name = 'other'", renamed),
+                     ("attempts = -7", negative), ("backoff = 'random'", weird_backoff), ("state = 'zombie'", zombie)]
+            await by_hand(store, "PRAGMA ignore_check_constraints = ON")  # a determined hand editor
+            for edit, job_id in edits:
+                await by_hand(store, f"UPDATE litejobs_jobs SET {edit} WHERE id = ?", (job_id,))
+            await by_hand(store, "PRAGMA ignore_check_constraints = OFF")
+            async with litejobs.Worker(store, [Echo, Other], poll_interval=0.01) as worker:
+                for job_id in fine:
+                    await wait_state(store, job_id, "done")
+                errors = {job_id: (await wait_state(store, job_id, "dead")).last_error
+                          for job_id in (wrong_shape, renamed, negative, weird_backoff)}
+                claims = worker.claims
+                await asyncio.sleep(0.3)
+                assert worker.claims - claims <= 2  # no spinning on the rows it cannot run
+            assert "payload is a list, not an object" in errors[wrong_shape]
+            assert "job 'other'" in errors[renamed] and "unexpected keyword argument 'value'" in errors[renamed]
+            assert "quarantined: the row was edited by hand and broke its checks: attempts=-7" in errors[negative]
+            assert "backoff='random'" in errors[weird_backoff]
+            # Quarantined with the others once a write tripped over a broken row.
+            assert "state='zombie'" in (await store.get(zombie)).last_error
+
+    run(main())
+
+
+def test_a_row_can_only_name_a_registered_class(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Noop())
+            # Someone with write access to the file names a dangerous callable.
+            await by_hand(store, "UPDATE litejobs_jobs SET name = 'os.system', "
+                                 "payload = '{\"command\": \"touch pwned\"}' WHERE id = ?", (job_id,))
+            async with litejobs.Worker(store, [Noop], poll_interval=0.01):
+                await asyncio.sleep(0.2)
+            assert (await store.get(job_id)).state == "pending"  # never claimed, never imported
+            assert not os.path.exists("pwned")
+
+    run(main())
+
+
+def test_a_hand_edited_time_beyond_datetime_still_reads(capsys, db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            ids = [await store.enqueue(Noop()) for _ in range(3)]
+            # Far future, infinity, far past: none can be a datetime.
+            for job_id, run_at in zip(ids, ("1e20", "9e999", "-1e20"), strict=False):
+                await by_hand(store, f"UPDATE litejobs_jobs SET run_at = {run_at} WHERE id = {job_id}")
+            infos = [await store.get(job_id) for job_id in ids]
+            utc_max = datetime.max.replace(tzinfo=timezone.utc)
+            assert [info.run_at for info in infos] == [utc_max, utc_max, datetime.min.replace(tzinfo=timezone.utc)]
+            assert len(await store.jobs()) == 3
+            with pytest.raises(TimeoutError):
+                await store.wait(ids[0], timeout=0)
+            return ids
+
+    ids = run(main())
+    code, out, err = _cli(capsys, "--db", db, "jobs")
+    assert code == 0 and err == "" and len(out.splitlines()) == 4
+    code, out, _ = _cli(capsys, "--db", db, "show", str(ids[0]))
+    assert code == 0 and "9999-12-31T23:59:59.999999+00:00" in out
+
+
+# -- enqueueing: unique keys, group commit, bad input, odd names ---------------
+
+
+def test_enqueue_many_is_one_transaction(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            ids = await store.enqueue_many([Echo(i) for i in range(50)])
+            assert ids == list(range(ids[0], ids[0] + 50))
+            assert [(await store.get(i)).payload["value"] for i in ids] == list(range(50))
+
+    run(main())
+
+
+def test_enqueue_does_not_depend_on_sqlite_sequence(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            first = await store.enqueue_many([Echo(1), Echo(2)])
+            await by_hand(store, "DELETE FROM sqlite_sequence")  # "reset the counter"
+            more = await store.enqueue_many([Echo(3), Echo(4)])
+            assert more[0] > first[-1]
+            assert [(await store.get(i)).payload["value"] for i in first + more] == [1, 2, 3, 4]
+
+    run(main())
+
+
+def test_unique_key_returns_the_existing_job_while_pending_or_running(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            first = await store.enqueue(Echo(1), unique_key="report:42")
+            again = await store.enqueue(Echo(2), unique_key="report:42")
+            other = await store.enqueue(Echo(3), unique_key="report:43")
+            assert again == first and other != first
+            assert (await store.get(first)).payload == {"value": 1}
+            async with litejobs.Worker(store, [Echo]):
+                await wait_state(store, first, "done")
+            after_done = await store.enqueue(Echo(4), unique_key="report:42")
+            assert after_done not in (first, other)
+
+    run(main())
+
+
+def test_concurrent_enqueues_share_transactions(db, monkeypatch):
+    transactions = []
+    insert = litejobs._insert_jobs
+
+    def counting_insert(conn, rows, clock):
+        transactions.append(len(rows))
+        return insert(conn, rows, clock)
+
+    monkeypatch.setattr(litejobs, "_insert_jobs", counting_insert)
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            ids = await asyncio.gather(*(store.enqueue(Echo(i)) for i in range(100)))
+            assert len(set(ids)) == 100
+            assert [(await store.get(job_id)).payload["value"] for job_id in ids] == list(range(100))
+            assert sum(transactions) == 100 and len(transactions) < 10  # group commit
+
+            # A failed transaction fails every caller in it, and stores nothing.
+            await fill_the_disk(store)
+            results = await asyncio.gather(*(store.enqueue(Echo("x" * 3000)) for _ in range(20)),
+                                           return_exceptions=True)
+            await make_room_on_the_disk(store)
+            assert all(isinstance(r, litejobs.StoreError) for r in results[1:])
+            assert len(await store.jobs(limit=1000)) == 100 + sum(isinstance(r, int) for r in results)
+
+    run(main())
+
+
+def _loop_error_reports():
+    """Collect what the running loop would print (such as "Task exception was never retrieved")."""
+    reports = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: reports.append(context["message"]))
+    return reports
+
+
+def test_one_bad_value_in_a_group_commit_fails_only_its_caller(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            reports = _loop_error_reports()
+            results = await asyncio.gather(
+                *(store.enqueue(Echo(i), unique_key="\ud800" if i == 5 else None) for i in range(10)),
+                return_exceptions=True)
+            assert isinstance(results[5], litejobs.SerializationError), results
+            assert "job 'echo': unique_key '\\ud800' is not valid UTF-8 text" in str(results[5])
+            stored = sorted([(await store.get(r)).payload["value"] for r in results if isinstance(r, int)])
+            assert stored == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+            gc.collect()
+            await asyncio.sleep(0)
+            assert reports == []
+
+    run(main())
+
+
+def test_any_error_in_a_shared_transaction_fails_only_the_caller_whose_rows_caused_it(db, monkeypatch):
+    insert = litejobs._insert_jobs
+
+    def picky_insert(conn, rows, clock):
+        if any("poison" in row.payload for row in rows):  # not a StoreError: what binding a bad value raises
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return insert(conn, rows, clock)
+
+    monkeypatch.setattr(litejobs, "_insert_jobs", picky_insert)
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            reports = _loop_error_reports()
+            results = await asyncio.gather(*(store.enqueue(Echo("poison" if i == 5 else i)) for i in range(10)),
+                                           return_exceptions=True)
+            assert [type(r).__name__ for r in results] == ["int"] * 5 + ["OverflowError"] + ["int"] * 4
+            stored = sorted([(await store.get(r)).payload["value"] for r in results if isinstance(r, int)])
+            assert stored == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+            gc.collect()
+            await asyncio.sleep(0)
+            assert reports == []
+
+    run(main())
+
+
+def test_a_caller_whose_rows_break_a_shared_transaction_fails_alone(db, monkeypatch):
+    insert = litejobs._insert_jobs
+
+    def picky_insert(conn, rows, clock):
+        if any("poison" in row.payload for row in rows):
+            raise sqlite3.IntegrityError("poisoned row")
+        return insert(conn, rows, clock)
+
+    monkeypatch.setattr(litejobs, "_insert_jobs", picky_insert)
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            results = await asyncio.gather(*(store.enqueue(Echo("poison" if i == 5 else i)) for i in range(20)),
+                                           return_exceptions=True)
+            assert [type(r).__name__ for r in results].count("StoreError") == 1
+            assert isinstance(results[5], litejobs.StoreError)
+            stored = sorted([(await store.get(r)).payload["value"] for r in results if isinstance(r, int)])
+            assert stored == [i for i in range(20) if i != 5]
+
+    run(main())
+
+
+def test_unencodable_payload_names_job_and_field(db):
+    @dataclass
+    class Holder(litejobs.Job):
+        NAME = "holder"
+        fine: int
+        bad: object
+
+        async def run(self, state):
+            pass
+
+    for bad in (object(), {1, 2}, datetime.now(timezone.utc), 2**70):
+        with pytest.raises(litejobs.SerializationError, match="job 'holder', field 'bad'"):
+            litejobs.new_job(Holder(1, bad))
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            with pytest.raises(litejobs.SerializationError):
+                await store.enqueue_many([Holder(1, 2), Holder(1, object())])
+            assert await store.get(1) is None
+
+    run(main())
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({1: "a"}, "str"),
+    (2**64, "Integer exceeds 64-bit range"),
+    (float("nan"), "not a JSON number"),
+    (object(), "not JSON serializable: object"),
+    (b"bytes", "not JSON serializable: bytes"),
+])
+def test_payloads_json_cannot_carry_are_refused(db, bad, message):
+    async def main():
+        async with litejobs.connect(db) as store:
+            with pytest.raises(litejobs.SerializationError, match=message):
+                await store.enqueue(Echo(bad))
+            assert await store.jobs() == []
+
+    run(main())
+
+
+def test_non_finite_floats_are_refused():
+    for bad in (float("nan"), float("inf"), [1.0, float("-inf")], {"deep": {"x": float("nan")}}):
+        with pytest.raises(litejobs.SerializationError, match="field 'value'.*not a JSON number"):
+            litejobs.new_job(Echo(bad))
+    assert litejobs.new_job(Echo([None, 1.5])).payload == '{"value":[null,1.5]}'
+
+
+def test_deep_nesting_is_refused():
+    deep = []
+    for _ in range(300):
+        deep = [deep]
+    with pytest.raises(litejobs.SerializationError, match="job 'echo', field 'value': Recursion limit"):
+        litejobs.new_job(Echo(deep))
+
+
+def test_strings_sqlite_cannot_store_are_refused_when_the_job_is_built(db):
+    surrogate = "\ud800"
+
+    @dataclass
+    class QueueFromPayload(litejobs.Job):
+        NAME = "queue_from_payload"
+        target: str
+
+        def queue(self):
+            return self.target
+
+        async def run(self, state):
+            pass
+
+    for build in (lambda: litejobs.new_job(Noop(), queue=surrogate),
+                  lambda: litejobs.new_job(Noop(), unique_key="key-" + surrogate),
+                  lambda: litejobs.new_job(QueueFromPayload(surrogate))):
+        with pytest.raises(litejobs.SerializationError, match="is not valid UTF-8 text"):
+            build()
+    with pytest.raises(litejobs.SerializationError, match="job 'echo', field 'value'"):
+        litejobs.new_job(Echo(["fine", surrogate]))
+    with pytest.raises(litejobs.JobDefinitionError, match="QUEUE must be a non-empty str of valid UTF-8 text"):
+        type("Broken", (litejobs.Job,), {"NAME": "broken", "QUEUE": surrogate})
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            with pytest.raises(litejobs.SerializationError, match="key '\\\\ud800' is not valid UTF-8 text"):
+                await store.every(60, Noop(), key=surrogate)
+            with pytest.raises(litejobs.SerializationError):
+                await store.enqueue(Noop(), queue=surrogate)
+            assert await store.jobs() == []
+
+    run(main())
+
+
+def test_bad_enqueue_arguments_are_clear(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            with pytest.raises(ValueError, match="aware datetime"):
+                await store.schedule(Noop(), at=datetime(2030, 1, 1))
+            with pytest.raises(ValueError, match="delay must not be negative"):
+                await store.enqueue(Noop(), delay=-1)
+            with pytest.raises(ValueError, match="priority must be an int"):
+                await store.enqueue(Noop(), priority="high")
+            with pytest.raises(TypeError, match="expected a litejobs.Job instance, got str"):
+                await store.enqueue("noop")
+            assert await store.get(1) is None
+
+    run(main())
+
+
+def test_bad_priorities_are_refused_even_when_falsy():
+    for bad in (None, "", 0.0, [], True, 2**63):
+        with pytest.raises(ValueError, match="priority must be an int"):
+            litejobs.new_job(Noop(), priority=bad)
+
+
+def test_options_cannot_change_a_prebuilt_new_job(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            with pytest.raises(ValueError, match="cannot change a NewJob"):
+                await store.enqueue(litejobs.new_job(Noop()), delay=3600)
+            assert await store.get(1) is None
+
+    run(main())
+
+
+def test_due_times_datetime_cannot_read_back_are_refused_at_enqueue(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            with pytest.raises(ValueError, match="job 'noop': delay of 1e\\+12s is too long: the limit is 3.2e\\+09s"):
+                await store.enqueue(Noop(), delay=10**12)
+            with pytest.raises(ValueError, match="delay must be seconds or a timedelta"):
+                await store.enqueue(Noop(), delay=10**400)  # beyond any float
+            with pytest.raises(ValueError, match="job 'noop': run_at 9999-12-31T23:59:00\\+00:00 is too late: due "
+                                                 "times must be before the year 9000"):
+                await store.schedule(Noop(), at=datetime(9999, 12, 31, 23, 59, tzinfo=timezone.utc))
+            with pytest.raises(ValueError, match="interval of 1e\\+12s is too long"):
+                await store.every(10**12, Noop())
+            assert await store.jobs() == []
+            # Up to the limits, every due time reads back.
+            await store.enqueue(Noop(), delay=litejobs._MAX_DELAY)
+            last = datetime(8999, 12, 31, 23, 59, tzinfo=timezone.utc)
+            assert (await store.get(await store.schedule(Noop(), at=last))).run_at == last
+            assert len(await store.jobs()) == 2
+
+    run(main())
+
+
+def test_odd_names_keys_and_queues_are_stored_and_matched_literally(db):
+    odd = ["it's", 'say "hi"', "100%", "a_b", "%", "_", "nul\x00byte", "x" * 10_000, "'; DROP TABLE litejobs_jobs; --"]
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            ids = {}
+            for text in odd:
+                job_class = type("Odd", (Echo,), {"NAME": text})
+                job_class = dataclass(job_class)
+                ids[text] = (await store.enqueue(job_class(text), queue=text, unique_key=text), job_class)
+            for text, (job_id, job_class) in ids.items():
+                assert await store.enqueue(job_class("again"), queue=text, unique_key=text) == job_id
+                info = await store.get(job_id)
+                assert (info.name, info.queue, info.unique_key, info.payload["value"]) == (text, text, text, text)
+                assert [j.id for j in await store.jobs(name=text, queue=text)] == [job_id]
+            classes = [cls for _, cls in ids.values()]
+            async with litejobs.Worker(store, classes, queues=odd, poll_interval=0.01):
+                for job_id, _ in ids.values():
+                    await wait_state(store, job_id, "done")
+            assert set(await store.stats()) == set(odd)
+
+    run(main())
+
+
+# -- claiming: which job runs next, and when -----------------------------------
+
+
+def test_priority_then_due_time_then_insertion_order(db):
+    clock = FakeClock()
+    order = []
+
+    @dataclass
+    class Ordered(litejobs.Job):
+        NAME = "ordered"
+        label: str
+
+        async def run(self, state):
+            order.append(self.label)
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            await store.enqueue(Ordered("low"), priority=-1)
+            await store.enqueue(Ordered("normal-2"))
+            await store.enqueue(Ordered("normal-1"), run_at=datetime.fromtimestamp(T0 - 10, timezone.utc))
+            await store.enqueue(Ordered("normal-3"))
+            await store.enqueue(Ordered("high"), priority=10)
+            async with litejobs.Worker(store, [Ordered], concurrency=1):
+                await wait_until(lambda: _true_when(len(order) == 5), "all five ran")
+        assert order == ["high", "normal-1", "normal-2", "normal-3", "low"]
+
+    run(main())
+
+
+def test_job_not_claimed_before_it_is_due(db):
+    clock = FakeClock()
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            job_id = await store.enqueue(Noop(), delay=60)
+            answer = await round_trip(store, wants={"default": 10}, names=["noop"])
+            assert answer.claimed["default"] == [] and answer.next_due == T0 + 60
+            clock.advance(60)
+            assert [row.id for row in await claim(store, 10, ["noop"])] == [job_id]
+
+    run(main())
+
+
+def test_delayed_job_starts_when_due(db):
+    clock = FakeClock()
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            job_id = await store.enqueue(Noop(), delay=3600)
+            async with litejobs.Worker(store, [Noop], poll_interval=0.01) as worker:
+                claims = worker.claims
+                await asyncio.sleep(0.1)
+                assert (await store.get(job_id)).state == "pending"
+                clock.advance(3600)
+                await wait_state(store, job_id, "done")
+                assert worker.claims > claims
+
+    run(main())
+
+
+def test_claim_that_waited_for_the_lock_starts_at_the_time_it_got_it(db):
+    clock = FakeClock()
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            job_id = await store.enqueue(Noop(), delay=50)
+            async with litejobs.Worker(store, [Noop], poll_interval=0.01) as worker:
+                await wait_until(lambda: _true_when(worker.claims > 0), "the worker to be up")
+                blocker = sqlite3.connect(db, isolation_level=None)
+                blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+                claims = worker.claims
+                clock.advance(50)  # the job falls due; the claim waits for the lock
+                await wait_until(lambda: _true_when(worker.claims > claims), "a claim to be attempted")
+                await asyncio.sleep(0.1)
+                clock.advance(100)  # time passes while the claim waits
+                blocker.execute("COMMIT")
+                blocker.close()
+                info = await wait_state(store, job_id, "done")
+            assert info.started_at.timestamp() == T0 + 150
+
+    run(main())
+
+
+def test_unknown_names_stay_pending_and_do_not_spin(db):
+    @dataclass
+    class FromNewerRelease(litejobs.Job):
+        NAME = "from_newer_release"
+
+        async def run(self, state):
+            pass
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            unknown = await store.enqueue(FromNewerRelease())
+            known = await store.enqueue(Noop())
+            async with litejobs.Worker(store, [Noop], poll_interval=0.01) as worker:
+                await wait_state(store, known, "done")
+                await asyncio.sleep(0.05)
+                claims = worker.claims
+                await asyncio.sleep(0.3)  # thirty poll intervals
+                assert worker.claims == claims
+            assert (await store.get(unknown)).state == "pending"
+
+    run(main())
+
+
+def test_claim_uses_the_index_not_a_scan(db):
+    run(_open_and_close(db))
+    conn = sqlite3.connect(db)
+    plan = conn.execute("EXPLAIN QUERY PLAN " + litejobs._sql_claim(1), (T0, "default", 10, "a")).fetchall()
+    text = " | ".join(row[-1] for row in plan)
+    assert "USING INDEX litejobs_jobs_claim_by_name (queue=? AND name=?)" in text
+    assert "SCAN litejobs_jobs" not in text and "TEMP B-TREE" not in text, text
+
+
+def test_claim_never_walks_past_jobs_of_names_the_worker_does_not_know(db):
+    # Each name's best N come straight from the index; only those few rows
+    # are sorted together.  (bench_litejobs.py measures the cost.)
+    run(_open_and_close(db))
+    conn = sqlite3.connect(db)
+    plan = conn.execute("EXPLAIN QUERY PLAN " + litejobs._sql_claim(3), (T0, "default", 10, "a", "b", "c")).fetchall()
+    searches = sorted(row[-1] for row in plan if "litejobs_jobs" in row[-1])
+    assert searches == ["SEARCH litejobs_jobs USING INDEX litejobs_jobs_claim_by_name (queue=? AND name=?)"] * 3 \
+        + ["SEARCH litejobs_jobs USING INTEGER PRIMARY KEY (rowid=?)"], plan
+
+    async def main():  # and it still takes the best jobs across names
+        async with litejobs.connect(db, clock=FakeClock()) as store:
+            low = await store.enqueue(Noop(), priority=1)
+            high = await store.enqueue(Echo(1), priority=5)
+            await store.enqueue_many([AlwaysFails()] * 50, priority=9)  # a name nobody asks for
+            claimed = await claim(store, 2, ["echo", "noop"])
+            assert [row.id for row in claimed] == [high, low]
+
+    run(main())
+
+
+# -- the worker: running jobs, wake-ups and concurrency ------------------------
 
 
 def test_job_runs_with_state_context_and_result(db):
@@ -604,6 +1338,208 @@ def test_span_is_entered_around_run_sync_and_async(db):
     run(main())
 
 
+def test_undecodable_payload_is_dead_at_once(db):
+    @dataclass
+    class V1(litejobs.Job):
+        NAME = "versioned"
+        old_field: int
+
+        async def run(self, state):
+            pass
+
+    @dataclass
+    class V2(litejobs.Job):
+        NAME = "versioned"
+        new_field: int
+
+        async def run(self, state):
+            pass
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            old = await store.enqueue(V1(1))
+            garbled = await store.enqueue(V2(2))
+            ok = await store.enqueue(V2(3))
+            await by_hand(store, "UPDATE litejobs_jobs SET payload = '{not json' WHERE id = ?", (garbled,))
+            async with litejobs.Worker(store, [V2]):
+                info_old = await wait_state(store, old, "dead")
+                info_garbled = await wait_state(store, garbled, "dead")
+                await wait_state(store, ok, "done")
+            assert info_old.attempts == 1
+            assert "cannot decode the payload of job 'versioned'" in info_old.last_error
+            assert "old_field" in info_old.last_error
+            assert "JSONDecodeError" in info_garbled.last_error
+
+    run(main())
+
+
+def test_bad_worker_options_are_clear(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            with pytest.raises(ValueError, match="poll_interval must be more than 0"):
+                litejobs.Worker(store, [Noop], poll_interval=0)
+            with pytest.raises(ValueError, match="concurrency for queue 'default' must be an int >= 1"):
+                litejobs.Worker(store, [Noop], concurrency=0)
+            with pytest.raises(TypeError, match="queues must be a list"):
+                litejobs.Worker(store, [Noop], queues="email")
+
+    run(main())
+
+
+def test_queues_and_concurrency_limits(db):
+    peak = {"email": 0, "default": 0}
+    running = {"email": 0, "default": 0}
+
+    @dataclass
+    class Counted(litejobs.Job):
+        NAME = "counted"
+
+        async def run(self, state):
+            queue = litejobs.current().queue
+            running[queue] += 1
+            peak[queue] = max(peak[queue], running[queue])
+            await asyncio.sleep(0.01)
+            running[queue] -= 1
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            ids = await store.enqueue_many([Counted() for _ in range(12)], queue="email")
+            ids += await store.enqueue_many([Counted() for _ in range(12)])
+            ignored = await store.enqueue(Counted(), queue="nobody_serves_this")
+            async with litejobs.Worker(store, [Counted], concurrency={"email": 2}):
+                for job_id in ids:
+                    await wait_state(store, job_id, "done")
+            assert peak == {"email": 2, "default": 4}
+            assert (await store.get(ignored)).state == "pending"
+
+    run(main())
+
+
+def test_wakes_at_once_for_a_job_enqueued_in_process(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            async with litejobs.Worker(store, [Noop], poll_interval=3600):
+                await asyncio.sleep(0.05)  # idle, waiting on an hour-long poll
+                job_id = await store.enqueue(Noop())
+                await wait_state(store, job_id, "done", timeout=10)
+
+    run(main())
+
+
+def test_sees_a_job_enqueued_by_another_connection(db, monkeypatch):
+    # No housekeeping pass after the first: only the cheap check can see it.
+    monkeypatch.setattr(litejobs, "_WATCHDOG_INTERVAL", 3600)
+
+    async def main():
+        async with litejobs.connect(db) as store, litejobs.connect(db) as other:
+            async with litejobs.Worker(store, [Noop], poll_interval=0.02):
+                await asyncio.sleep(0.05)
+                job_id = await other.enqueue(Noop())
+                await wait_state(store, job_id, "done")
+
+    run(main())
+
+
+def test_worker_on_a_relative_path_still_sees_other_processes_after_chdir(tmp_path, monkeypatch):
+    monkeypatch.setattr(litejobs, "_WATCHDOG_INTERVAL", 3600)  # only the watcher can see it
+    monkeypatch.chdir(tmp_path)
+
+    async def main():
+        async with litejobs.connect("relative.db") as store:
+            async with litejobs.Worker(store, [Noop], poll_interval=0.01):
+                await asyncio.sleep(0.05)
+                os.chdir("/")
+                async with litejobs.connect(str(tmp_path / "relative.db")) as other:
+                    job_id = await other.enqueue(Noop())
+                await wait_state(store, job_id, "done")
+
+    run(main())
+
+
+def test_retry_retry_dead_and_every_wake_the_stores_own_workers_at_once(db):
+    failed = set()
+
+    @dataclass
+    class FailsOnce(litejobs.Job):
+        NAME = "fails_once"
+        MAX_RETRIES = litejobs.Count(0)
+        tag: str
+
+        async def run(self, state):
+            if self.tag not in failed:
+                failed.add(self.tag)
+                raise RuntimeError(f"{self.tag} fails the first time")
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            first, second = await store.enqueue(FailsOnce("first")), await store.enqueue(FailsOnce("second"))
+            # An idle worker that only looks at the file every 30 s: only a
+            # wake-up from the store can get it to claim sooner.
+            async with litejobs.Worker(store, [FailsOnce, Noop], poll_interval=30):
+                await wait_state(store, first, "dead")
+                await wait_state(store, second, "dead")
+                await asyncio.sleep(0.1)
+                await store.retry(first)
+                await wait_state(store, first, "done", timeout=10)
+                await store.retry_dead()
+                await wait_state(store, second, "done", timeout=10)
+                await store.every(3600, Noop())
+                await wait_until(lambda: store.jobs(name="noop", state="done"), "the first tick to run", timeout=10)
+
+    run(main())
+
+
+def test_idle_worker_writes_nothing(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            await store.enqueue(Noop(), delay=3600)
+            job_id = await store.enqueue(Noop())
+            async with litejobs.Worker(store, [Noop], poll_interval=0.01):
+                await wait_state(store, job_id, "done")
+                observer = sqlite3.connect(db)
+                before = observer.execute("PRAGMA data_version").fetchone()[0]
+                await asyncio.sleep(WATCHDOG_INTERVAL * 1.5)  # polls and a watchdog pass
+                after = observer.execute("PRAGMA data_version").fetchone()[0]
+                observer.close()
+            assert before == after
+
+    run(main())
+
+
+def test_saturated_worker_does_not_spin_when_a_job_falls_due(db):
+    calls = []
+    clock = FakeClock()
+
+    def counting_clock():
+        calls.append(1)
+        return clock()
+
+    @dataclass
+    class Busy(litejobs.Job):
+        NAME = "busy"
+
+        async def run(self, state):
+            await asyncio.sleep(30)
+
+    async def main():
+        async with litejobs.connect(db, clock=counting_clock) as store:
+            busy = await store.enqueue(Busy())
+            await store.enqueue(Busy(), delay=10)
+            async with litejobs.Worker(store, [Busy], concurrency=1, poll_interval=0.02, shutdown_timeout=0):
+                await wait_state(store, busy, "running")
+                clock.advance(20)  # the second job is due, but the only slot is taken
+                await asyncio.sleep(0.05)
+                before = len(calls)
+                await asyncio.sleep(0.3)
+                # A spinning loop reads the clock tens of thousands of times here.
+                assert len(calls) - before < 500
+
+    run(main())
+
+
+# -- failures: retries, backoff and timeouts -----------------------------------
+
+
 @pytest.mark.parametrize("max_retries, attempts", [(litejobs.Count(0), 1), (litejobs.Count(2), 3)])
 def test_count_n_allows_n_retries(db, max_retries, attempts):
     Failing = failing_job(max_retries)
@@ -675,39 +1611,6 @@ def test_linear_backoff_schedule_with_injected_time(db):
     run(main())
 
 
-def test_job_not_claimed_before_it_is_due(db):
-    clock = FakeClock()
-
-    async def main():
-        async with litejobs.connect(db, clock=clock) as store:
-            job_id = await store.enqueue(Noop(), delay=60)
-            request = litejobs._Request(wants={"default": 10}, names=["noop"])
-            exchange = await store.exchange(request)
-            assert exchange.claimed["default"] == [] and exchange.next_due == T0 + 60
-            clock.advance(60)
-            exchange = await store.exchange(request)
-            assert [row[0] for row in exchange.claimed["default"]] == [job_id]
-
-    run(main())
-
-
-def test_delayed_job_starts_when_due(db):
-    clock = FakeClock()
-
-    async def main():
-        async with litejobs.connect(db, clock=clock) as store:
-            job_id = await store.enqueue(Noop(), delay=3600)
-            async with litejobs.Worker(store, [Noop], poll_interval=0.01) as worker:
-                claims = worker.claims
-                await asyncio.sleep(0.1)
-                assert (await store.get(job_id)).state == "pending"
-                clock.advance(3600)
-                await wait_state(store, job_id, "done")
-                assert worker.claims > claims
-
-    run(main())
-
-
 def test_abort_makes_the_job_dead_at_once(db):
     @dataclass
     class Gives_up(litejobs.Job):
@@ -752,6 +1655,79 @@ def test_retry_reschedules_with_its_own_delay_and_counts(db):
     run(main())
 
 
+def test_a_retry_due_while_a_round_trip_is_late_is_still_claimed(db, monkeypatch):
+    clock = FakeClock()
+    Failing = failing_job(litejobs.Count(1), litejobs.Linear(1))
+    real_exchange = litejobs._exchange
+    late = []
+
+    def exchange_reaching_the_store_late(conn, request, clock_, **options):
+        waiting = conn.execute("SELECT state, attempts FROM litejobs_jobs").fetchone() == ("pending", 1)
+        if waiting and request.housekeeping and not request.wants and not late:
+            late.append(request)
+            clock.advance(2)  # the trip arrives after the retry fell due
+        return real_exchange(conn, request, clock_, **options)
+
+    monkeypatch.setattr(litejobs, "_exchange", exchange_reaching_the_store_late)
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            job_id = await store.enqueue(Failing())
+            async with litejobs.Worker(store, [Failing]):
+                await wait_state(store, job_id, "dead", attempts=2)
+            assert late
+
+    run(main())
+
+
+def test_error_text_with_a_nul_character_is_kept_whole(db):
+    @dataclass
+    class Nul(litejobs.Job):
+        NAME = "nul_error"
+        MAX_RETRIES = litejobs.Count(0)
+
+        async def run(self, state):
+            raise ValueError("before\x00after")
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Nul())
+            async with litejobs.Worker(store, [Nul]):
+                info = await wait_state(store, job_id, "dead")
+            assert "before\\x00after" in info.last_error
+
+    run(main())
+
+
+def test_error_text_with_an_undecodable_file_name_is_kept_and_the_worker_goes_on(db):
+    file_name = os.fsdecode(b"caf\xe9.txt")  # Python's own name for an undecodable file: a lone surrogate
+
+    @dataclass
+    class Surrogates(litejobs.Job):
+        NAME = "surrogates"
+        MAX_RETRIES = litejobs.Count(0)
+        how: str
+
+        async def run(self, state):
+            if self.how == "raise":
+                raise ValueError(f"cannot process {file_name}")
+            if self.how == "abort":
+                raise litejobs.Abort(f"bad file {file_name}")
+            raise litejobs.Retry(0, f"again {file_name}")
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            ids = [await store.enqueue(Surrogates(how)) for how in ("raise", "abort", "retry")]
+            after = await store.enqueue(Echo("still serving"))
+            async with litejobs.Worker(store, [Surrogates, Echo]):
+                for job_id in ids:
+                    info = await wait_state(store, job_id, "dead", attempts=1)
+                    assert "caf\\udce9.txt" in info.last_error
+                assert (await wait_state(store, after, "done")).result == "still serving"
+
+    run(main())
+
+
 def test_timeout_cancels_then_retries_then_dead(db):
     cancelled = []
 
@@ -783,6 +1759,92 @@ def test_timeout_cancels_then_retries_then_dead(db):
     run(main())
 
 
+def test_job_ignoring_cancellation_still_times_out_and_frees_its_slot(db):
+    kept_going = []
+
+    @dataclass
+    class Stubborn(litejobs.Job):
+        NAME = "stubborn"
+        TIMEOUT = 50
+        MAX_RETRIES = litejobs.Count(0)
+
+        async def run(self, state):
+            try:
+                await asyncio.sleep(1)
+            except asyncio.CancelledError:
+                await asyncio.sleep(1)  # swallows the cancellation and carries on
+                kept_going.append(True)
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            stubborn = await store.enqueue(Stubborn())
+            after = await store.enqueue(Noop())
+            async with litejobs.Worker(store, [Stubborn, Noop], concurrency=1, shutdown_timeout=0):
+                info = await wait_state(store, stubborn, "dead")
+                await wait_state(store, after, "done")  # the one slot was handed on
+                assert not kept_going  # the job is still going, yet its failure is recorded
+            assert "exceeded its timeout of 50 ms" in info.last_error
+
+    run(main())
+
+
+def test_job_blocking_the_event_loop_past_its_timeout_fails(db):
+    @dataclass
+    class Blocker(litejobs.Job):
+        NAME = "blocker"
+        TIMEOUT = 50
+        MAX_RETRIES = litejobs.Count(0)
+
+        async def run(self, state):
+            time.sleep(0.2)  # a sync call inside async def: the loop is blocked
+            return "too late"
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Blocker())
+            async with litejobs.Worker(store, [Blocker]):
+                info = await wait_state(store, job_id, "dead")
+            assert "exceeded its timeout of 50 ms" in info.last_error and "blocking the event loop" in info.last_error
+            assert info.result is None
+
+    run(main())
+
+
+def test_stuck_sync_job_does_not_hold_up_the_next(db):
+    release = threading.Event()
+
+    @dataclass
+    class Stuck(litejobs.Job):
+        NAME = "stuck"
+        TIMEOUT = 100
+        MAX_RETRIES = litejobs.Count(0)
+
+        def run(self, state):
+            release.wait(10)
+
+    @dataclass
+    class Quick(litejobs.Job):
+        NAME = "quick"
+
+        def run(self, state):
+            return "quick"
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            stuck = await store.enqueue(Stuck())
+            quick = await store.enqueue(Quick())
+            async with litejobs.Worker(store, [Stuck, Quick], concurrency=1):
+                assert "exceeded its timeout" in (await wait_state(store, stuck, "dead")).last_error
+                info = await wait_state(store, quick, "done")
+            release.set()
+            assert (info.attempts, info.result) == (1, "quick")
+
+    run(main())
+
+
+# -- the watchdog, fencing and clock steps -------------------------------------
+
+
 def test_fencing_a_late_outcome_changes_nothing(db, monkeypatch):
     clock = FakeClock()
     # Attempt 1 stands for a process that froze: it never re-expresses its
@@ -809,12 +1871,11 @@ def test_fencing_a_late_outcome_changes_nothing(db, monkeypatch):
             job_id = await store.enqueue(Frozen())
             async with litejobs.Worker(store, [Frozen], state=release, poll_interval=0.01):
                 await wait_state(store, job_id, "running", attempts=1)
-                clock.advance(61 + litejobs._WATCHDOG_GRACE)
+                clock.advance(61 + WATCHDOG_GRACE)
                 # Another worker's watchdog sees the attempt expired, and
                 # again once it has stayed so: it takes the job away.
-                seen = await store.exchange(litejobs._Request(housekeeping=True))
-                assert [e.job_id for e in seen.expired] == [job_id]
-                await store.exchange(litejobs._Request(reap=seen.expired))
+                reaped = await reap_expired(store)
+                assert [e.job_id for e in reaped] == [job_id]
                 info = await wait_state(store, job_id, "running", attempts=2)
                 assert "failed by the watchdog" in info.last_error
                 release[1].set()  # attempt 1 comes back late, while attempt 2 owns the row
@@ -830,163 +1891,84 @@ def test_fencing_a_late_outcome_changes_nothing(db, monkeypatch):
     run(main())
 
 
-def test_undecodable_payload_is_dead_at_once(db):
-    @dataclass
-    class V1(litejobs.Job):
-        NAME = "versioned"
-        old_field: int
-
-        async def run(self, state):
-            pass
-
-    @dataclass
-    class V2(litejobs.Job):
-        NAME = "versioned"
-        new_field: int
-
-        async def run(self, state):
-            pass
-
-    async def main():
-        async with litejobs.connect(db) as store:
-            old = await store.enqueue(V1(1))
-            garbled = await store.enqueue(V2(2))
-            ok = await store.enqueue(V2(3))
-            await store._db.execute("UPDATE litejobs_jobs SET payload = '{not json' WHERE id = ?", (garbled,))
-            async with litejobs.Worker(store, [V2]):
-                info_old = await wait_state(store, old, "dead")
-                info_garbled = await wait_state(store, garbled, "dead")
-                await wait_state(store, ok, "done")
-            assert info_old.attempts == 1
-            assert "cannot decode the payload of job 'versioned'" in info_old.last_error
-            assert "old_field" in info_old.last_error
-            assert "JSONDecodeError" in info_garbled.last_error
-
-    run(main())
-
-
-def test_unknown_names_stay_pending_and_do_not_spin(db):
-    @dataclass
-    class FromNewerRelease(litejobs.Job):
-        NAME = "from_newer_release"
-
-        async def run(self, state):
-            pass
-
-    async def main():
-        async with litejobs.connect(db) as store:
-            unknown = await store.enqueue(FromNewerRelease())
-            known = await store.enqueue(Noop())
-            async with litejobs.Worker(store, [Noop], poll_interval=0.01) as worker:
-                await wait_state(store, known, "done")
-                await asyncio.sleep(0.05)
-                claims = worker.claims
-                await asyncio.sleep(0.3)  # thirty poll intervals
-                assert worker.claims == claims
-            assert (await store.get(unknown)).state == "pending"
-
-    run(main())
-
-
-def test_priority_then_due_time_then_insertion_order(db):
+def test_own_outcome_wins_over_the_watchdog_in_one_batch(db):
     clock = FakeClock()
-    order = []
-
-    @dataclass
-    class Ordered(litejobs.Job):
-        NAME = "ordered"
-        label: str
-
-        async def run(self, state):
-            order.append(self.label)
 
     async def main():
         async with litejobs.connect(db, clock=clock) as store:
-            await store.enqueue(Ordered("low"), priority=-1)
-            await store.enqueue(Ordered("normal-2"))
-            await store.enqueue(Ordered("normal-1"), run_at=datetime.fromtimestamp(T0 - 10, timezone.utc))
-            await store.enqueue(Ordered("normal-3"))
-            await store.enqueue(Ordered("high"), priority=10)
-            async with litejobs.Worker(store, [Ordered], concurrency=1):
-                await wait_until(lambda: _true_when(len(order) == 5), "all five ran")
-        assert order == ["high", "normal-1", "normal-2", "normal-3", "low"]
+            job_id = await store.enqueue(Echo(42))
+            [row] = await claim(store, 1, ["echo"])
+            clock.advance(60)  # the outcome reaches the store after the deadline
+            answer = await round_trip(store, outcomes=[success(row, result="42")], names=["echo"], housekeeping=True)
+            assert [(o.event, o.state) for o in answer.written] == [("success", "done")]
+            info = await store.get(job_id)
+            assert (info.state, info.result, info.attempts) == ("done", 42, 1)
+            stats = (await store.stats())["default"]
+            assert (stats.done_counts.all_time, stats.dead_counts.all_time) == (1, 0)
 
     run(main())
 
 
-async def _true_when(value):
-    return value
-
-
-def test_queues_and_concurrency_limits(db):
-    peak = {"email": 0, "default": 0}
-    running = {"email": 0, "default": 0}
+def test_a_wall_clock_step_forward_never_gets_a_live_attempt_reaped(db):
+    clock = FakeClock()
+    runs = []
 
     @dataclass
-    class Counted(litejobs.Job):
-        NAME = "counted"
+    class Long(litejobs.Job):
+        NAME = "long"
+        TIMEOUT = 60_000
 
         async def run(self, state):
-            queue = litejobs.current().queue
-            running[queue] += 1
-            peak[queue] = max(peak[queue], running[queue])
-            await asyncio.sleep(0.01)
-            running[queue] -= 1
+            runs.append(litejobs.current().attempt)
+            state.started.set()
+            await state.release.wait()
 
     async def main():
-        async with litejobs.connect(db) as store:
-            ids = await store.enqueue_many([Counted() for _ in range(12)], queue="email")
-            ids += await store.enqueue_many([Counted() for _ in range(12)])
-            ignored = await store.enqueue(Counted(), queue="nobody_serves_this")
-            async with litejobs.Worker(store, [Counted], concurrency={"email": 2}):
-                for job_id in ids:
-                    await wait_state(store, job_id, "done")
-            assert peak == {"email": 2, "default": 4}
-            assert (await store.get(ignored)).state == "pending"
+        state = type("State", (), {})()
+        state.started, state.release = asyncio.Event(), asyncio.Event()
+        async with litejobs.connect(db, clock=clock) as store:
+            job_id = await store.enqueue(Long())
+            async with litejobs.Worker(store, [Long], state=state):
+                await state.started.wait()
+                clock.advance(120)  # the wall clock steps two minutes ahead: the deadline looks gone
+                async with litejobs.Worker(store, [Long], state=state):  # another worker's watchdog looks
+                    await asyncio.sleep(WATCHDOG_CONFIRM + 3 * WATCHDOG_INTERVAL)
+                assert ((await store.get(job_id)).state, runs) == ("running", [1])
+                state.release.set()
+                await wait_state(store, job_id, "done", attempts=1)
+        assert runs == [1]
 
     run(main())
 
 
-def test_wakes_at_once_for_a_job_enqueued_in_process(db):
+def test_a_wall_clock_step_backward_does_not_pause_the_watchdog(db):
+    clock = FakeClock()
+
+    @dataclass
+    class Quick(litejobs.Job):
+        NAME = "quick"
+        TIMEOUT = 1000
+        BACKOFF = litejobs.Linear(3600)
+
+        async def run(self, state):
+            return None
+
     async def main():
-        async with litejobs.connect(db) as store:
-            async with litejobs.Worker(store, [Noop], poll_interval=3600):
-                await asyncio.sleep(0.05)  # idle, waiting on an hour-long poll
-                job_id = await store.enqueue(Noop())
-                await wait_state(store, job_id, "done", timeout=10)
+        async with litejobs.connect(db, clock=clock) as store:
+            async with litejobs.Worker(store, [Noop]):
+                await asyncio.sleep(0.1)  # its first housekeeping is behind it
+                clock.advance(-600)  # the wall clock steps ten minutes back
+                # A process that claims a job and dies at once.
+                job_id = await store.enqueue(Quick())
+                await claim(store, 1, ["quick"])
+                clock.advance(1 + WATCHDOG_GRACE)
+                info = await wait_state(store, job_id, "pending", attempts=1)
+                assert "failed by the watchdog" in info.last_error
 
     run(main())
 
 
-def test_sees_a_job_enqueued_by_another_connection(db, monkeypatch):
-    # No housekeeping pass after the first: only the cheap check can see it.
-    monkeypatch.setattr(litejobs, "_WATCHDOG_INTERVAL", 3600)
-
-    async def main():
-        async with litejobs.connect(db) as store, litejobs.connect(db) as other:
-            async with litejobs.Worker(store, [Noop], poll_interval=0.02):
-                await asyncio.sleep(0.05)
-                job_id = await other.enqueue(Noop())
-                await wait_state(store, job_id, "done")
-
-    run(main())
-
-
-def test_idle_worker_writes_nothing(db):
-    async def main():
-        async with litejobs.connect(db) as store:
-            await store.enqueue(Noop(), delay=3600)
-            job_id = await store.enqueue(Noop())
-            async with litejobs.Worker(store, [Noop], poll_interval=0.01):
-                await wait_state(store, job_id, "done")
-                observer = sqlite3.connect(db)
-                before = observer.execute("PRAGMA data_version").fetchone()[0]
-                await asyncio.sleep(litejobs._WATCHDOG_INTERVAL * 1.5)  # polls and a watchdog pass
-                after = observer.execute("PRAGMA data_version").fetchone()[0]
-                observer.close()
-            assert before == after
-
-    run(main())
+# -- stopping: graceful stop, signals, cancelling run() ------------------------
 
 
 def test_graceful_stop_returns_running_job_unspent(db):
@@ -1034,6 +2016,668 @@ def test_graceful_stop_lets_short_jobs_finish(db):
     run(main())
 
 
+def test_graceful_stop_waits_for_a_thread_job_rather_than_run_it_twice(db, caplog):
+    release = threading.Event()
+    runs = []
+
+    @dataclass
+    class InAThread(litejobs.Job):
+        NAME = "in_a_thread"
+        TIMEOUT = 30_000
+
+        def run(self, state):
+            runs.append(litejobs.current().attempt)
+            release.wait(20)
+            return "finished"
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(InAThread())
+            async with litejobs.Worker(store, [InAThread], shutdown_timeout=0.05) as worker:
+                await wait_state(store, job_id, "running")
+                worker.stop()
+
+                async def shutdown_timeout_passed():
+                    return any("shutdown timeout" in record.getMessage() for record in caplog.records)
+
+                await wait_until(shutdown_timeout_passed, "the shutdown timeout to pass")
+                release.set()  # the thread could not be stopped; it finishes now
+            info = await store.get(job_id)
+            assert (info.state, info.attempts, info.result) == ("done", 1, "finished")
+            assert runs == [1]
+
+    with caplog.at_level("WARNING", logger="litejobs"):
+        run(main())
+
+
+def test_stop_before_the_worker_task_starts_is_not_lost(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            worker = litejobs.Worker(store, [Noop])
+            async with worker:
+                pass  # the block ends before run() ever got the loop
+            assert worker._task.done()
+
+    run(main())
+
+
+def test_stopping_worker_gives_up_on_a_store_that_keeps_failing(db):
+    @dataclass
+    class Short(litejobs.Job):
+        NAME = "short_job"
+
+        async def run(self, state):
+            await asyncio.sleep(0.05)
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Short())
+            worker = litejobs.Worker(store, [Short], shutdown_timeout=0.1)
+            task = asyncio.ensure_future(worker.run(handle_signals=False))
+            await wait_state(store, job_id, "running")
+
+            make_round_trips_fail(store, litejobs.StoreError("disk I/O error"))
+            worker.stop()
+            await asyncio.wait_for(task, 15)  # returns instead of retrying forever
+
+    run(main())
+
+
+def test_closing_the_store_under_a_running_worker_ends_run_with_a_clear_error(db):
+    @dataclass
+    class Slow(litejobs.Job):
+        NAME = "slow"
+
+        async def run(self, state):
+            await asyncio.sleep(30)
+
+    async def main():
+        store = await litejobs.connect(db)
+        job_id = await store.enqueue(Slow())
+        task = asyncio.ensure_future(litejobs.Worker(store, [Slow]).run(handle_signals=False))
+        await wait_state(store, job_id, "running")
+        await store.close()
+        with pytest.raises(litejobs.StoreError, match="closed while its worker ran"):
+            await asyncio.wait_for(task, 15)
+
+    run(main())
+
+
+def test_cancelling_run_hands_running_jobs_back_at_once(db):
+    @dataclass
+    class Long(litejobs.Job):
+        NAME = "long_job"
+
+        async def run(self, state):
+            await asyncio.sleep(60)
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Long())
+            task = asyncio.ensure_future(litejobs.Worker(store, [Long]).run(handle_signals=False))
+            await wait_state(store, job_id, "running")
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            info = await store.get(job_id)
+            assert (info.state, info.attempts) == ("pending", 0)
+
+    run(main())
+
+
+def test_a_claim_in_flight_when_the_event_loop_shuts_down_is_handed_back(db, monkeypatch):
+    # asyncio.run() ending cancels every task at once: the worker's, and the
+    # task waiting for its round trip too.
+    Failing = failing_job(litejobs.Count(0))
+    claimed, release = threading.Event(), threading.Event()
+    real_exchange = litejobs._exchange
+
+    def exchange_that_stalls_after_claiming(conn, request, clock, **options):
+        answer = real_exchange(conn, request, clock, **options)
+        if any(answer.claimed.values()):
+            claimed.set()
+            release.wait(10)
+        return answer
+
+    monkeypatch.setattr(litejobs, "_exchange", exchange_that_stalls_after_claiming)
+
+    async def main():
+        store = await litejobs.connect(db, synchronous="FULL")
+        await store.enqueue(Failing())
+        asyncio.ensure_future(litejobs.Worker(store, [Failing]).run(handle_signals=False))
+        assert await asyncio.to_thread(claimed.wait, 10)
+        threading.Timer(0.2, release.set).start()
+        return store  # the application ends, its worker in the background mid-claim
+
+    store = run(main())
+    run(store.close())
+    with litejobs.connect_sync(db) as sync:
+        assert [(job.state, job.attempts) for job in sync.jobs()] == [("pending", 0)]
+
+
+def test_cancelling_run_while_a_claim_is_in_flight_leaves_nothing_running(db, monkeypatch):
+    Failing = failing_job(litejobs.Count(0))
+    claimed, release = threading.Event(), threading.Event()
+    real_exchange = litejobs._exchange
+
+    def exchange_that_stalls_after_claiming(conn, request, clock, **options):
+        answer = real_exchange(conn, request, clock, **options)
+        if any(answer.claimed.values()):  # committed: the worker is cancelled before it hears back
+            claimed.set()
+            release.wait(10)
+        return answer
+
+    monkeypatch.setattr(litejobs, "_exchange", exchange_that_stalls_after_claiming)
+
+    async def main():
+        # synchronous="FULL": every round trip goes through the database thread.
+        async with litejobs.connect(db, synchronous="FULL") as store:
+            job_id = await store.enqueue(Failing())
+            task = asyncio.ensure_future(litejobs.Worker(store, [Failing]).run(handle_signals=False))
+            assert await asyncio.to_thread(claimed.wait, 10)
+            task.cancel()
+            release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            info = await store.get(job_id)
+            assert (info.state, info.attempts) == ("pending", 0)  # handed back unspent, never run
+
+    run(main())
+
+
+def test_one_sigterm_stops_every_worker_of_the_process(tmp_path, db):
+    script = tmp_path / "two_workers.py"
+    script.write_text(textwrap.dedent(f"""
+        import asyncio, sys
+        from dataclasses import dataclass
+        sys.path.insert(0, {HERE!r})
+        import litejobs
+
+        @dataclass
+        class Slow(litejobs.Job):
+            NAME = "slow"
+            QUEUE = "a"
+            async def run(self, state):
+                await asyncio.sleep(0.5)
+
+        @dataclass
+        class SlowToo(Slow):
+            NAME = "slow_too"
+            QUEUE = "b"
+
+        async def main():
+            async with litejobs.connect({db!r}) as store:
+                await asyncio.gather(litejobs.Worker(store, [Slow]).run(), litejobs.Worker(store, [SlowToo]).run())
+
+        asyncio.run(main())
+    """))
+    with litejobs.connect_sync(db) as store:  # the jobs, as a process without their classes describes them
+        ids = store.enqueue_many([litejobs.NewJob(name, queue, "{}", litejobs.Count(0), litejobs.Linear(0), 15_000)
+                                  for name, queue in (("slow", "a"), ("slow_too", "b"))])
+    proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
+    try:
+        with litejobs.connect_sync(db) as store:
+            deadline = time.monotonic() + 15
+            while any(store.get(job_id).state != "running" for job_id in ids) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)  # once, while both workers run a job
+            assert proc.wait(timeout=15) == 0, proc.stderr.read()
+            assert [(store.get(job_id).state, store.get(job_id).attempts) for job_id in ids] == [("done", 1)] * 2
+    finally:
+        proc.kill()
+
+
+def test_a_worker_that_fails_to_start_leaves_no_signal_handlers(db):
+    async def main():
+        store = await litejobs.connect(db)
+        await store.close()
+        before = [signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)]
+        with pytest.raises(litejobs.StoreError):
+            await litejobs.Worker(store, [Noop]).run()
+        assert [signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)] == before
+
+    run(main())
+
+
+# -- cancelling jobs -----------------------------------------------------------
+
+
+def test_cancel_pending_job_at_once(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Noop(), unique_key="k")
+            assert await store.cancel(job_id) == litejobs.JobState.CANCELLED
+            info = await store.get(job_id)
+            assert info.state == "cancelled" and info.finished_at is not None
+            assert await store.enqueue(Noop(), unique_key="k") != job_id  # the key is free again
+            assert await store.cancel(job_id) == litejobs.JobState.CANCELLED
+            with pytest.raises(LookupError):
+                await store.cancel(12345)
+
+    run(main())
+
+
+def test_cancel_running_job_stops_it_and_does_not_retry(db):
+    stopped = []
+
+    @dataclass
+    class Long(litejobs.Job):
+        NAME = "cancellable"
+
+        async def run(self, state):
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                stopped.append(litejobs.current().id)
+                raise
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            events = []
+            store.on_event(lambda e: events.append(e.kind))
+            here = await store.enqueue(Long())
+            there = await store.enqueue(Long())
+            async with litejobs.Worker(store, [Long], poll_interval=0.02):
+                await wait_state(store, here, "running")
+                await wait_state(store, there, "running")
+                assert await store.cancel(here) == litejobs.JobState.RUNNING
+                info = await wait_state(store, here, "cancelled")
+                # and from another process, through the file alone:
+                with litejobs.connect_sync(db) as other:
+                    assert other.cancel(there) == litejobs.JobState.RUNNING
+                await wait_state(store, there, "cancelled")
+            assert info.attempts == 1 and sorted(stopped) == [here, there]
+            assert events.count("cancellation") == 2 and "retry" not in events
+
+    run(main())
+
+
+def test_a_job_asked_to_stop_ends_cancelled_even_with_no_retry_left(db):
+    clock = FakeClock()
+    Failing = failing_job(litejobs.Count(0))
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            first, second = await store.enqueue_many([Failing(), Failing()])
+            rows = await claim(store, 2, ["failing"])
+            assert await store.cancel(first) == await store.cancel(second) == "running"
+            # The first fails before its worker sees the request; the second's
+            # process dies and the watchdog fails it.
+            await round_trip(store, outcomes=[failure(rows[0])])
+            clock.advance(60)
+            await reap_expired(store)
+            assert [(await store.get(i)).state for i in (first, second)] == ["cancelled", "cancelled"]
+            assert (await store.stats())["default"].dead_counts.all_time == 0
+
+    run(main())
+
+
+# -- inspection, repair and results --------------------------------------------
+
+
+def test_jobs_lists_newest_first_with_filters(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            ids = await store.enqueue_many([Echo(i) for i in range(5)])
+            other = await store.enqueue(Echo(9), queue="other")
+            await store.cancel(ids[0])
+            assert [j.id for j in await store.jobs()] == [other, *reversed(ids)]
+            assert [j.id for j in await store.jobs(queue="other")] == [other]
+            assert [j.id for j in await store.jobs(state="cancelled")] == [ids[0]]
+            page = await store.jobs(state=litejobs.JobState.PENDING, limit=2, offset=1)
+            assert [j.id for j in page] == [ids[4], ids[3]]
+            assert [j.id for j in await store.jobs(name="noop")] == []
+            with pytest.raises(ValueError, match="state must be one of"):
+                await store.jobs(state="finished")
+
+    run(main())
+
+
+def test_retry_and_retry_dead(db):
+    Failing = failing_job(litejobs.Count(0))
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            ids = await store.enqueue_many([Failing(), Failing()])
+            other = await store.enqueue(Failing(), queue="other")
+            async with litejobs.Worker(store, [Failing], queues=["other"], poll_interval=0.01):
+                for job_id in [*ids, other]:
+                    await wait_state(store, job_id, "dead")
+            assert await store.retry(ids[0]) == 1
+            info = await store.get(ids[0])
+            assert (info.state, info.attempts, info.finished_at) == ("pending", 0, None)
+            assert await store.retry(ids[0]) == 0  # already pending
+            assert await store.retry_dead(queue="default") == 1
+            assert (await store.get(other)).state == "dead"
+            assert await store.retry_dead() == 1
+            with pytest.raises(LookupError, match="no job with id 999"):
+                await store.retry(999)
+
+    run(main())
+
+
+def test_retry_refuses_to_duplicate_a_unique_key(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            first = await store.enqueue(Noop(), unique_key="k")
+            await store.cancel(first)
+            await store.enqueue(Noop(), unique_key="k")
+            with pytest.raises(litejobs.LiteJobsError, match="another job with unique_key 'k'"):
+                await store.retry(first)
+            assert await store.retry_dead() == 0
+
+    run(main())
+
+
+def test_purge_by_state_and_age(db):
+    clock = FakeClock()
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            old = await store.enqueue(Noop())
+            await store.cancel(old)
+            clock.advance(3 * 86_400)
+            recent = await store.enqueue(Noop())
+            await store.cancel(recent)
+            assert await store.purge(state="cancelled", older_than=timedelta(days=2)) == 1
+            assert await store.get(old) is None and await store.get(recent) is not None
+            with pytest.raises(ValueError, match="purge state must be one of done, dead, cancelled"):
+                await store.purge(state="pending")
+            many = await store.enqueue_many([Noop() for _ in range(2500)])
+            await by_hand(store, "UPDATE litejobs_jobs SET state = 'cancelled', finished_at = 0 WHERE id >= ?",
+                          (many[0],))
+            assert await store.purge(state="cancelled") == 2501  # three batches, and the recent one
+
+    run(main())
+
+
+def test_wait_returns_result_or_raises(db):
+    @dataclass
+    class Fails(litejobs.Job):
+        NAME = "fails_for_wait"
+        MAX_RETRIES = litejobs.Count(0)
+
+        async def run(self, state):
+            raise KeyError("missing invoice")
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            ok = await store.enqueue(Echo({"total": 3}))
+            bad = await store.enqueue(Fails())
+            never = await store.enqueue(Echo(1), delay=3600)
+            async with litejobs.Worker(store, [Echo, Fails]):
+                assert await store.wait(ok, timeout=10) == {"total": 3}
+                with pytest.raises(litejobs.JobFailed, match="missing invoice") as info:
+                    await store.wait(bad, timeout=10)
+                assert info.value.job.state == "dead"
+                with pytest.raises(TimeoutError, match=f"job {never} is still pending"):
+                    await store.wait(never, timeout=0.05)
+                with pytest.raises(LookupError):
+                    await store.wait(4242)
+
+    run(main())
+
+
+def test_result_that_cannot_be_stored_is_reported_not_fatal(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Echo())
+
+            @dataclass
+            class Weird(litejobs.Job):
+                NAME = "weird_result"
+
+                async def run(self, state):
+                    return object()
+
+            weird = await store.enqueue(Weird())
+            async with litejobs.Worker(store, [Echo, Weird]):
+                info = await wait_state(store, weird, "done")
+                await wait_state(store, job_id, "done")
+            assert info.result is None and "result could not be stored" in info.last_error
+
+    run(main())
+
+
+# -- statistics and retention --------------------------------------------------
+
+
+async def _done_and_dead(store, done, dead):
+    stats = await store.stats()
+    s = stats.get("default")
+    return s is not None and s.done == done and s.dead == dead
+
+
+def test_stats_per_queue_and_counts_by_period(db):
+    clock = FakeClock(datetime(2030, 5, 31, 23, 30, tzinfo=timezone.utc).timestamp())
+    Failing = failing_job(litejobs.Count(0))
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            await store.enqueue_many([Noop(), Noop()])
+            await store.enqueue(Failing())
+            async with litejobs.Worker(store, [Noop, Failing], poll_interval=0.01):
+                await wait_until(lambda: _done_and_dead(store, 2, 1), "two done, one dead")
+            clock.advance(3600)  # 00:30 on June 1st: a new hour, day and month
+            ok = await store.enqueue(Noop())
+            async with litejobs.Worker(store, [Noop], poll_interval=0.01):
+                await wait_state(store, ok, "done")
+            await store.enqueue(Noop())
+            await store.enqueue(Noop(), delay=600)
+            await store.enqueue(Noop(), queue="other")
+            await store.cancel(await store.enqueue(Noop()))
+            stats = await store.stats()
+            assert set(stats) == {"default", "other"}
+            s = stats["default"]
+            assert (s.pending, s.scheduled, s.running, s.done, s.dead, s.cancelled) == (1, 1, 0, 3, 1, 1)
+            assert s.done_counts == litejobs.JobStat(this_hour=1, today=1, this_month=1, all_time=3)
+            assert s.dead_counts == litejobs.JobStat(this_hour=0, today=0, this_month=0, all_time=1)
+            assert stats["other"].pending == 1
+            assert await store.purge(state="done") == 3
+            after = (await store.stats())["default"]
+            assert after.done == 0 and after.done_counts == s.done_counts  # counters outlive the rows
+
+    run(main())
+
+
+def test_stats_tell_jobs_no_running_worker_knows(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            await store.enqueue(Echo(1))
+            assert (await store.stats())["default"].unregistered is None  # no worker to ask
+            async with litejobs.Worker(store, [Noop]):
+                await asyncio.sleep(0.05)
+                assert (await store.stats())["default"].unregistered == 1
+            assert (await store.stats())["default"].unregistered is None
+
+    run(main())
+
+
+def test_a_killed_worker_of_this_host_knows_no_names(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            await store.enqueue(Echo(1))
+            dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                                      capture_output=True, text=True).stdout.strip()
+            await by_hand(store, "INSERT INTO litejobs_workers VALUES ('ghost', ?, ?, '[\"echo\"]', 0)",
+                          (__import__("socket").gethostname(), int(dead_pid)))
+            assert (await store.stats())["default"].unregistered is None
+
+    run(main())
+
+
+def test_compaction_folds_old_hourly_counts_and_keeps_the_totals(db):
+    clock = FakeClock()
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            await store.enqueue_many([Echo(1), Echo(2)])
+            async with litejobs.Worker(store, [Echo]):
+                await wait_state(store, 2, "done")
+            clock.advance(70 * 86_400)  # past the two months that keep hourly detail
+            await round_trip(store, compact=True)
+            assert (await store.stats())["default"].done_counts == litejobs.JobStat(0, 0, 0, 2)
+
+    run(main())
+    hours = [row[0] for row in sqlite3.connect(db).execute("SELECT hour FROM litejobs_counts")]
+    assert hours == [0]
+
+
+async def _gone(store, job_id):
+    return await store.get(job_id) is None
+
+
+def test_retention_prunes_done_rows_after_keep_done(db):
+    clock = FakeClock()
+
+    async def main():
+        async with litejobs.connect(db, clock=clock, keep_done=timedelta(hours=1)) as store:
+            old = await store.enqueue(Noop())
+            dead = await store.enqueue(failing_job(litejobs.Count(0))())
+            async with litejobs.Worker(store, [Noop, failing_job(litejobs.Count(0))], poll_interval=0.01):
+                await wait_state(store, old, "done")
+                await wait_state(store, dead, "dead")
+                clock.advance(3601)
+                await wait_until(lambda: _gone(store, old), "the old done row to be pruned")
+            assert (await store.get(dead)).state == "dead"  # dead rows stay until purged
+
+    run(main())
+
+
+async def _all_done(store, n):
+    stats = (await store.stats()).get("default")
+    return stats is not None and stats.done_counts.all_time >= n
+
+
+def test_row_count_stays_bounded_under_steady_load(db):
+    async def main():
+        async with litejobs.connect(db, keep_done=0) as store:
+            async with litejobs.Worker(store, [Noop], concurrency=16):
+                for round_number in range(1, 31):
+                    await store.enqueue_many([Noop() for _ in range(200)])
+                    # Not store.wait(): with keep_done=0 a done row may be gone already.
+                    await wait_until(lambda n=200 * round_number: _all_done(store, n), "the round to finish")
+                await asyncio.sleep(WATCHDOG_INTERVAL * 2.5)
+                rows = len(await store.jobs(limit=10_000))  # in every state
+            assert rows < 1000  # 6,000 jobs ran; only the last batch may still be kept
+            assert (await store.stats())["default"].done_counts.all_time == 6000
+
+    run(main())
+
+
+def test_retention_and_purge_use_the_finished_index_not_a_scan(db):
+    run(_open_and_close(db))
+    conn = sqlite3.connect(db)
+    for sql, params in [(litejobs._SQL_PRUNE, (T0, 1000)), (litejobs._SQL_ANY_TO_PRUNE, (T0,)),
+                        (litejobs._SQL_PURGE, ("dead", T0, 1000))]:
+        plan = " | ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+        assert "USING INDEX litejobs_jobs_finished" in plan and "SCAN litejobs_jobs" not in plan, plan
+
+
+# -- recurring jobs ------------------------------------------------------------
+
+
+async def _count(store, n):
+    return len(await store.jobs(state="done")) == n
+
+
+def test_every_enqueues_each_tick_and_coalesces_missed_ones(db):
+    clock = FakeClock()
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            with pytest.raises(ValueError, match="at least 1 second"):
+                await store.every(0.5, Noop())
+            await store.every(60, Noop())
+            await store.every(60, Noop())  # declared again at the next start: one schedule
+            async with litejobs.Worker(store, [Noop], poll_interval=0.01):
+                await wait_until(lambda: _count(store, 1), "the first tick, due at once")
+                clock.advance(60)
+                await wait_until(lambda: _count(store, 2), "the second tick")
+            clock.advance(600)  # ten ticks missed while no worker ran
+            async with litejobs.Worker(store, [Noop], poll_interval=0.01):
+                await wait_until(lambda: _count(store, 3), "one run for the missed ticks")
+                await asyncio.sleep(0.1)
+                assert len(await store.jobs()) == 3
+                ticks = sorted(j.run_at.timestamp() - T0 for j in await store.jobs())
+                assert ticks == [0, 60, 660]
+                assert await store.unschedule("noop") is True
+                clock.advance(60)
+                await asyncio.sleep(0.1)
+            assert len(await store.jobs()) == 3
+            assert await store.unschedule("noop") is False
+
+    run(main())
+
+
+async def _listed(listing, n):
+    return len(await listing) == n
+
+
+def test_ticks_coalesce_while_only_workers_of_other_jobs_are_up(db):
+    clock = FakeClock()
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            await store.every(60, Echo("tick"))
+            for _ in range(6):  # an hour's worth of a worker that knows only noop, in short
+                await round_trip(store, housekeeping=True, names=["noop"])
+                clock.advance(60)
+            assert len(await store.jobs(name="echo", state="pending")) == 1
+            async with litejobs.Worker(store, [Echo]):  # a worker that knows it runs it once
+                await wait_until(lambda: _listed(store.jobs(name="echo", state="done"), 1), "the tick to run")
+                clock.advance(60)
+                await wait_until(lambda: _listed(store.jobs(name="echo", state="done"), 2), "the next tick")
+
+    run(main())
+
+
+RECURRING_WORKER = """
+import asyncio, sys
+sys.path.insert(0, {here!r})
+import litejobs
+from dataclasses import dataclass
+
+@dataclass
+class Tick(litejobs.Job):
+    NAME = "tick"
+    async def run(self, state):
+        pass
+
+async def main():
+    async with litejobs.connect({db!r}) as store:
+        await store.every(1, Tick())
+        await litejobs.Worker(store, [Tick], poll_interval=0.01).run()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+def test_recurring_ticks_enqueued_exactly_once_across_three_processes(tmp_path, db):
+    script = tmp_path / "recurring.py"
+    script.write_text(RECURRING_WORKER.format(here=HERE, db=db))
+    processes = [subprocess.Popen([sys.executable, str(script)]) for _ in range(3)]
+    try:
+        time.sleep(4.5)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            assert process.wait(timeout=30) == 0
+    conn = sqlite3.connect(db)
+    ticks = [row[0] for row in conn.execute("SELECT run_at FROM litejobs_jobs ORDER BY run_at")]
+    assert len(ticks) >= 3
+    steps = [round(b - a, 6) for a, b in zip(ticks, ticks[1:], strict=False)]
+    # One job per tick: never two for one tick.  (A worker stalled past a
+    # whole interval would coalesce, so a step of 2 s is allowed, not 0.)
+    assert all(step >= 1.0 and step == int(step) for step in steps), steps
+    assert steps.count(1.0) >= len(steps) - 1
+
+
+# -- events --------------------------------------------------------------------
+
+
 def test_events_for_success_failure_retry_death(db):
     async def main():
         async with litejobs.connect(db) as store:
@@ -1056,7 +2700,51 @@ def test_events_for_success_failure_retry_death(db):
     run(main())
 
 
-# -- processes ---------------------------------------------------------------
+def test_duplicate_unique_key_emits_no_enqueue_event(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            events = []
+            store.on_event(lambda e: events.append(e.job_id))
+            first = await store.enqueue(Noop(), unique_key="once")
+            await store.enqueue(Noop(), unique_key="once")
+            assert events == [first]
+
+    run(main())
+
+
+def test_cancelling_a_pending_job_is_an_event(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            events = []
+            store.on_event(lambda e: events.append((e.kind, e.job_id, e.name)))
+            job_id = await store.enqueue(Noop())
+            await store.cancel(job_id)
+            await store.cancel(job_id)  # already cancelled: nothing new happens
+            assert events == [("enqueue", job_id, "noop"), ("cancellation", job_id, "noop")]
+
+    run(main())
+
+
+def test_a_callback_that_unsubscribes_itself_makes_nobody_miss_an_event(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            seen = []
+
+            def once(event):
+                seen.append(("once", event.job_id))
+                unsubscribe_once()
+
+            unsubscribe_once = store.on_event(once)
+            store.on_event(lambda event: seen.append(("every", event.job_id)))
+            first, second = await store.enqueue(Noop()), await store.enqueue(Noop())
+            assert seen == [("once", first), ("every", first), ("every", second)]
+            unsubscribe_once()  # a second call does nothing
+
+    run(main())
+
+
+# -- processes: kills, crashes and contention ----------------------------------
+
 
 WORKER_SCRIPT = """
 import asyncio, os, sys
@@ -1087,9 +2775,8 @@ async def main():
         if {until_empty!r}:
             async with worker:
                 while True:
-                    row = await store._db.execute_fetchall(
-                        "SELECT count(*) FROM litejobs_jobs WHERE state IN ('pending', 'running')")
-                    if row[0][0] == 0:
+                    s = (await store.stats()).get("default")
+                    if s is None or s.pending + s.scheduled + s.running == 0:
                         break
                     await asyncio.sleep(0.05)
         else:
@@ -1170,1132 +2857,6 @@ def test_two_worker_processes_run_every_job_exactly_once(tmp_path, db):
     assert conn.execute("SELECT state, count(*) FROM litejobs_jobs GROUP BY state").fetchall() == [("done", 2000)]
 
 
-# -- regressions found in review -------------------------------------------------
-
-
-def test_stop_before_the_worker_task_starts_is_not_lost(db):
-    async def main():
-        async with litejobs.connect(db) as store:
-            worker = litejobs.Worker(store, [Noop])
-            async with worker:
-                pass  # the block ends before run() ever got the loop
-            assert worker._task.done()
-
-    run(main())
-
-
-def test_saturated_worker_does_not_spin_when_a_job_falls_due(db):
-    calls = []
-    clock = FakeClock()
-
-    def counting_clock():
-        calls.append(1)
-        return clock()
-
-    @dataclass
-    class Busy(litejobs.Job):
-        NAME = "busy"
-
-        async def run(self, state):
-            await asyncio.sleep(30)
-
-    async def main():
-        async with litejobs.connect(db, clock=counting_clock) as store:
-            busy = await store.enqueue(Busy())
-            await store.enqueue(Busy(), delay=10)
-            async with litejobs.Worker(store, [Busy], concurrency=1, poll_interval=0.02, shutdown_timeout=0):
-                await wait_state(store, busy, "running")
-                clock.advance(20)  # the second job is due, but the only slot is taken
-                await asyncio.sleep(0.05)
-                before = len(calls)
-                await asyncio.sleep(0.3)
-                # A spinning loop reads the clock tens of thousands of times here.
-                assert len(calls) - before < 500
-
-    run(main())
-
-
-def test_claim_that_waited_for_the_lock_starts_at_the_time_it_got_it(db):
-    clock = FakeClock()
-
-    async def main():
-        async with litejobs.connect(db, clock=clock) as store:
-            job_id = await store.enqueue(Noop(), delay=50)
-            async with litejobs.Worker(store, [Noop], poll_interval=0.01) as worker:
-                await wait_until(lambda: _true_when(worker.claims > 0), "the worker to be up")
-                blocker = sqlite3.connect(db, isolation_level=None)
-                blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
-                claims = worker.claims
-                clock.advance(50)  # the job falls due; the claim waits for the lock
-                await wait_until(lambda: _true_when(worker.claims > claims), "a claim to be attempted")
-                await asyncio.sleep(0.1)
-                clock.advance(100)  # time passes while the claim waits
-                blocker.execute("COMMIT")
-                blocker.close()
-                info = await wait_state(store, job_id, "done")
-            assert info.started_at.timestamp() == T0 + 150
-
-    run(main())
-
-
-def test_stuck_sync_job_does_not_hold_up_the_next(db):
-    release = threading.Event()
-
-    @dataclass
-    class Stuck(litejobs.Job):
-        NAME = "stuck"
-        TIMEOUT = 100
-        MAX_RETRIES = litejobs.Count(0)
-
-        def run(self, state):
-            release.wait(10)
-
-    @dataclass
-    class Quick(litejobs.Job):
-        NAME = "quick"
-
-        def run(self, state):
-            return "quick"
-
-    async def main():
-        async with litejobs.connect(db) as store:
-            stuck = await store.enqueue(Stuck())
-            quick = await store.enqueue(Quick())
-            async with litejobs.Worker(store, [Stuck, Quick], concurrency=1):
-                assert "exceeded its timeout" in (await wait_state(store, stuck, "dead")).last_error
-                info = await wait_state(store, quick, "done")
-            release.set()
-            assert (info.attempts, info.result) == (1, "quick")
-
-    run(main())
-
-
-def test_stopping_worker_gives_up_on_a_store_that_keeps_failing(db):
-    @dataclass
-    class Short(litejobs.Job):
-        NAME = "short_job"
-
-        async def run(self, state):
-            await asyncio.sleep(0.05)
-
-    async def main():
-        async with litejobs.connect(db) as store:
-            job_id = await store.enqueue(Short())
-            worker = litejobs.Worker(store, [Short], shutdown_timeout=0.1)
-            task = asyncio.ensure_future(worker.run(handle_signals=False))
-            await wait_state(store, job_id, "running")
-
-            async def broken(request):
-                raise litejobs.StoreError("disk I/O error")
-
-            store.exchange = broken
-            worker.stop()
-            await asyncio.wait_for(task, 15)  # returns instead of retrying forever
-
-    run(main())
-
-
-def test_cancelling_run_hands_running_jobs_back_at_once(db):
-    @dataclass
-    class Long(litejobs.Job):
-        NAME = "long_job"
-
-        async def run(self, state):
-            await asyncio.sleep(60)
-
-    async def main():
-        async with litejobs.connect(db) as store:
-            job_id = await store.enqueue(Long())
-            task = asyncio.ensure_future(litejobs.Worker(store, [Long]).run(handle_signals=False))
-            await wait_state(store, job_id, "running")
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            info = await store.get(job_id)
-            assert (info.state, info.attempts) == ("pending", 0)
-
-    run(main())
-
-
-def test_non_finite_floats_are_refused():
-    for bad in (float("nan"), float("inf"), [1.0, float("-inf")], {"deep": {"x": float("nan")}}):
-        with pytest.raises(litejobs.SerializationError, match="field 'value'.*not a JSON number"):
-            litejobs.new_job(Echo(bad))
-    assert litejobs.new_job(Echo([None, 1.5])).payload == '{"value":[null,1.5]}'
-
-
-def test_options_cannot_change_a_prebuilt_new_job(db):
-    async def main():
-        async with litejobs.connect(db) as store:
-            with pytest.raises(ValueError, match="cannot change a NewJob"):
-                await store.enqueue(litejobs.new_job(Noop()), delay=3600)
-            assert await store.get(1) is None
-
-    run(main())
-
-
-def test_duplicate_unique_key_emits_no_enqueue_event(db):
-    async def main():
-        async with litejobs.connect(db) as store:
-            events = []
-            store.on_event(lambda e: events.append(e.job_id))
-            first = await store.enqueue(Noop(), unique_key="once")
-            await store.enqueue(Noop(), unique_key="once")
-            assert events == [first]
-
-    run(main())
-
-
-def test_bad_worker_options_are_clear(db):
-    async def main():
-        async with litejobs.connect(db) as store:
-            with pytest.raises(ValueError, match="poll_interval must be more than 0"):
-                litejobs.Worker(store, [Noop], poll_interval=0)
-            with pytest.raises(ValueError, match="concurrency for queue 'default' must be an int >= 1"):
-                litejobs.Worker(store, [Noop], concurrency=0)
-            with pytest.raises(TypeError, match="queues must be a list"):
-                litejobs.Worker(store, [Noop], queues="email")
-
-    run(main())
-
-
-# -- operating: inspection, repair, results ---------------------------------------
-
-
-def test_stats_per_queue_and_counts_by_period(db):
-    clock = FakeClock(datetime(2030, 5, 31, 23, 30, tzinfo=timezone.utc).timestamp())
-    Failing = failing_job(litejobs.Count(0))
-
-    async def main():
-        async with litejobs.connect(db, clock=clock) as store:
-            await store.enqueue_many([Noop(), Noop()])
-            await store.enqueue(Failing())
-            async with litejobs.Worker(store, [Noop, Failing], poll_interval=0.01):
-                await wait_until(lambda: _done_and_dead(store, 2, 1), "two done, one dead")
-            clock.advance(3600)  # 00:30 on June 1st: a new hour, day and month
-            ok = await store.enqueue(Noop())
-            async with litejobs.Worker(store, [Noop], poll_interval=0.01):
-                await wait_state(store, ok, "done")
-            await store.enqueue(Noop())
-            await store.enqueue(Noop(), delay=600)
-            await store.enqueue(Noop(), queue="other")
-            await store.cancel(await store.enqueue(Noop()))
-            stats = await store.stats()
-            assert set(stats) == {"default", "other"}
-            s = stats["default"]
-            assert (s.pending, s.scheduled, s.running, s.done, s.dead, s.cancelled) == (1, 1, 0, 3, 1, 1)
-            assert s.done_counts == litejobs.JobStat(this_hour=1, today=1, this_month=1, all_time=3)
-            assert s.dead_counts == litejobs.JobStat(this_hour=0, today=0, this_month=0, all_time=1)
-            assert stats["other"].pending == 1
-            assert await store.purge(state="done") == 3
-            after = (await store.stats())["default"]
-            assert after.done == 0 and after.done_counts == s.done_counts  # counters outlive the rows
-
-    run(main())
-
-
-async def _done_and_dead(store, done, dead):
-    stats = await store.stats()
-    s = stats.get("default")
-    return s is not None and s.done == done and s.dead == dead
-
-
-def test_stats_tell_jobs_no_running_worker_knows(db):
-    async def main():
-        async with litejobs.connect(db) as store:
-            await store.enqueue(Echo(1))
-            assert (await store.stats())["default"].unregistered is None  # no worker to ask
-            async with litejobs.Worker(store, [Noop]):
-                await asyncio.sleep(0.05)
-                assert (await store.stats())["default"].unregistered == 1
-            assert (await store.stats())["default"].unregistered is None
-
-    run(main())
-
-
-def test_jobs_lists_newest_first_with_filters(db):
-    async def main():
-        async with litejobs.connect(db) as store:
-            ids = await store.enqueue_many([Echo(i) for i in range(5)])
-            other = await store.enqueue(Echo(9), queue="other")
-            await store.cancel(ids[0])
-            assert [j.id for j in await store.jobs()] == [other, *reversed(ids)]
-            assert [j.id for j in await store.jobs(queue="other")] == [other]
-            assert [j.id for j in await store.jobs(state="cancelled")] == [ids[0]]
-            page = await store.jobs(state=litejobs.JobState.PENDING, limit=2, offset=1)
-            assert [j.id for j in page] == [ids[4], ids[3]]
-            assert [j.id for j in await store.jobs(name="noop")] == []
-            with pytest.raises(ValueError, match="state must be one of"):
-                await store.jobs(state="finished")
-
-    run(main())
-
-
-def test_retry_and_retry_dead(db):
-    Failing = failing_job(litejobs.Count(0))
-
-    async def main():
-        async with litejobs.connect(db) as store:
-            ids = await store.enqueue_many([Failing(), Failing()])
-            other = await store.enqueue(Failing(), queue="other")
-            async with litejobs.Worker(store, [Failing], queues=["other"], poll_interval=0.01):
-                for job_id in [*ids, other]:
-                    await wait_state(store, job_id, "dead")
-            assert await store.retry(ids[0]) == 1
-            info = await store.get(ids[0])
-            assert (info.state, info.attempts, info.finished_at) == ("pending", 0, None)
-            assert await store.retry(ids[0]) == 0  # already pending
-            assert await store.retry_dead(queue="default") == 1
-            assert (await store.get(other)).state == "dead"
-            assert await store.retry_dead() == 1
-            with pytest.raises(LookupError, match="no job with id 999"):
-                await store.retry(999)
-
-    run(main())
-
-
-def test_retry_refuses_to_duplicate_a_unique_key(db):
-    async def main():
-        async with litejobs.connect(db) as store:
-            first = await store.enqueue(Noop(), unique_key="k")
-            await store.cancel(first)
-            await store.enqueue(Noop(), unique_key="k")
-            with pytest.raises(litejobs.LiteJobsError, match="another job with unique_key 'k'"):
-                await store.retry(first)
-            assert await store.retry_dead() == 0
-
-    run(main())
-
-
-def test_cancel_pending_job_at_once(db):
-    async def main():
-        async with litejobs.connect(db) as store:
-            job_id = await store.enqueue(Noop(), unique_key="k")
-            assert await store.cancel(job_id) == litejobs.JobState.CANCELLED
-            info = await store.get(job_id)
-            assert info.state == "cancelled" and info.finished_at is not None
-            assert await store.enqueue(Noop(), unique_key="k") != job_id  # the key is free again
-            assert await store.cancel(job_id) == litejobs.JobState.CANCELLED
-            with pytest.raises(LookupError):
-                await store.cancel(12345)
-
-    run(main())
-
-
-def test_cancel_running_job_stops_it_and_does_not_retry(db):
-    stopped = []
-
-    @dataclass
-    class Long(litejobs.Job):
-        NAME = "cancellable"
-
-        async def run(self, state):
-            try:
-                await asyncio.sleep(60)
-            except asyncio.CancelledError:
-                stopped.append(litejobs.current().id)
-                raise
-
-    async def main():
-        async with litejobs.connect(db) as store:
-            events = []
-            store.on_event(lambda e: events.append(e.kind))
-            here = await store.enqueue(Long())
-            there = await store.enqueue(Long())
-            async with litejobs.Worker(store, [Long], poll_interval=0.02):
-                await wait_state(store, here, "running")
-                await wait_state(store, there, "running")
-                assert await store.cancel(here) == litejobs.JobState.RUNNING
-                info = await wait_state(store, here, "cancelled")
-                # and from another process, through the file alone:
-                with litejobs.connect_sync(db) as other:
-                    assert other.cancel(there) == litejobs.JobState.RUNNING
-                await wait_state(store, there, "cancelled")
-            assert info.attempts == 1 and sorted(stopped) == [here, there]
-            assert events.count("cancellation") == 2 and "retry" not in events
-
-    run(main())
-
-
-def test_purge_by_state_and_age(db):
-    clock = FakeClock()
-
-    async def main():
-        async with litejobs.connect(db, clock=clock) as store:
-            old = await store.enqueue(Noop())
-            await store.cancel(old)
-            clock.advance(3 * 86_400)
-            recent = await store.enqueue(Noop())
-            await store.cancel(recent)
-            assert await store.purge(state="cancelled", older_than=timedelta(days=2)) == 1
-            assert await store.get(old) is None and await store.get(recent) is not None
-            with pytest.raises(ValueError, match="purge state must be one of done, dead, cancelled"):
-                await store.purge(state="pending")
-            many = await store.enqueue_many([Noop() for _ in range(2500)])
-            await store._db.execute("UPDATE litejobs_jobs SET state = 'cancelled', finished_at = 0 WHERE id >= ?",
-                                    (many[0],))
-            assert await store.purge(state="cancelled") == 2501  # three batches, and the recent one
-
-    run(main())
-
-
-def test_wait_returns_result_or_raises(db):
-    @dataclass
-    class Fails(litejobs.Job):
-        NAME = "fails_for_wait"
-        MAX_RETRIES = litejobs.Count(0)
-
-        async def run(self, state):
-            raise KeyError("missing invoice")
-
-    async def main():
-        async with litejobs.connect(db) as store:
-            ok = await store.enqueue(Echo({"total": 3}))
-            bad = await store.enqueue(Fails())
-            never = await store.enqueue(Echo(1), delay=3600)
-            async with litejobs.Worker(store, [Echo, Fails]):
-                assert await store.wait(ok, timeout=10) == {"total": 3}
-                with pytest.raises(litejobs.JobFailed, match="missing invoice") as info:
-                    await store.wait(bad, timeout=10)
-                assert info.value.job.state == "dead"
-                with pytest.raises(TimeoutError, match=f"job {never} is still pending"):
-                    await store.wait(never, timeout=0.05)
-                with pytest.raises(LookupError):
-                    await store.wait(4242)
-
-    run(main())
-
-
-def test_result_that_cannot_be_stored_is_reported_not_fatal(db):
-    async def main():
-        async with litejobs.connect(db) as store:
-            job_id = await store.enqueue(Echo())
-
-            @dataclass
-            class Weird(litejobs.Job):
-                NAME = "weird_result"
-
-                async def run(self, state):
-                    return object()
-
-            weird = await store.enqueue(Weird())
-            async with litejobs.Worker(store, [Echo, Weird]):
-                info = await wait_state(store, weird, "done")
-                await wait_state(store, job_id, "done")
-            assert info.result is None and "result could not be stored" in info.last_error
-
-    run(main())
-
-
-# -- recurring jobs and retention ------------------------------------------------
-
-
-def test_every_enqueues_each_tick_and_coalesces_missed_ones(db):
-    clock = FakeClock()
-
-    async def main():
-        async with litejobs.connect(db, clock=clock) as store:
-            with pytest.raises(ValueError, match="at least 1 second"):
-                await store.every(0.5, Noop())
-            await store.every(60, Noop())
-            await store.every(60, Noop())  # declared again at the next start: one schedule
-            async with litejobs.Worker(store, [Noop], poll_interval=0.01):
-                await wait_until(lambda: _count(store, 1), "the first tick, due at once")
-                clock.advance(60)
-                await wait_until(lambda: _count(store, 2), "the second tick")
-            clock.advance(600)  # ten ticks missed while no worker ran
-            async with litejobs.Worker(store, [Noop], poll_interval=0.01):
-                await wait_until(lambda: _count(store, 3), "one run for the missed ticks")
-                await asyncio.sleep(0.1)
-                assert len(await store.jobs()) == 3
-                ticks = sorted(j.run_at.timestamp() - T0 for j in await store.jobs())
-                assert ticks == [0, 60, 660]
-                assert await store.unschedule("noop") is True
-                clock.advance(60)
-                await asyncio.sleep(0.1)
-            assert len(await store.jobs()) == 3
-            assert await store.unschedule("noop") is False
-
-    run(main())
-
-
-async def _count(store, n):
-    return len(await store.jobs(state="done")) == n
-
-
-def test_retention_prunes_done_rows_after_keep_done(db):
-    clock = FakeClock()
-
-    async def main():
-        async with litejobs.connect(db, clock=clock, keep_done=timedelta(hours=1)) as store:
-            old = await store.enqueue(Noop())
-            dead = await store.enqueue(failing_job(litejobs.Count(0))())
-            async with litejobs.Worker(store, [Noop, failing_job(litejobs.Count(0))], poll_interval=0.01):
-                await wait_state(store, old, "done")
-                await wait_state(store, dead, "dead")
-                clock.advance(3601)
-                await wait_until(lambda: _gone(store, old), "the old done row to be pruned")
-            assert (await store.get(dead)).state == "dead"  # dead rows stay until purged
-
-    run(main())
-
-
-async def _all_done(store, n):
-    stats = (await store.stats()).get("default")
-    return stats is not None and stats.done_counts.all_time >= n
-
-
-async def _gone(store, job_id):
-    return await store.get(job_id) is None
-
-
-def test_row_count_stays_bounded_under_steady_load(db):
-    async def main():
-        async with litejobs.connect(db, keep_done=0) as store:
-            async with litejobs.Worker(store, [Noop], concurrency=16):
-                for round_number in range(1, 31):
-                    await store.enqueue_many([Noop() for _ in range(200)])
-                    # Not store.wait(): with keep_done=0 a done row may be gone already.
-                    await wait_until(lambda n=200 * round_number: _all_done(store, n), "the round to finish")
-                await asyncio.sleep(litejobs._WATCHDOG_INTERVAL * 2.5)
-                rows = (await store._db.execute_fetchall("SELECT count(*) FROM litejobs_jobs"))[0][0]
-            assert rows < 1000  # 6,000 jobs ran; only the last batch may still be kept
-            assert (await store.stats())["default"].done_counts.all_time == 6000
-
-    run(main())
-
-
-# -- the synchronous twin ------------------------------------------------------
-
-
-def test_sync_twin_enqueues_and_reads(db):
-    clock = FakeClock()
-    with litejobs.connect_sync(db, clock=clock) as store:
-        job_id = store.enqueue(Echo("from flask"), priority=5)
-        more = store.enqueue_many([Echo(1), Echo(2)])
-        later = store.schedule(Echo(3), at=datetime.fromtimestamp(T0 + 60, timezone.utc))
-        info = store.get(job_id)
-        assert (info.payload, info.priority, info.state) == ({"value": "from flask"}, 5, "pending")
-        assert len(more) == 2 and store.get(later).run_at.timestamp() == T0 + 60
-        assert store.stats()["default"].pending == 3 and store.stats()["default"].scheduled == 1
-    with pytest.raises(litejobs.StoreError, match="no such file"):
-        litejobs.connect_sync(db + ".missing", create=False)
-    assert not os.path.exists(db + ".missing")
-
-
-def test_sync_twin_uses_the_same_sql_as_the_async_store():
-    # Shared by construction: the inspection calls are one implementation.
-    for name in ("get", "stats", "jobs", "retry", "retry_dead", "purge", "every", "unschedule"):
-        assert getattr(litejobs.SyncStore, name) is getattr(litejobs.Store, name)
-
-
-SYNC_ENQUEUER = """
-import sys
-sys.path.insert(0, {here!r})
-sys.path.insert(0, {folder!r})
-import litejobs
-from jobs_module import Recorded
-
-with litejobs.connect_sync({db!r}) as store:   # as a Flask view would
-    for i in range(20):
-        store.enqueue(Recorded())
-"""
-
-
-@pytest.mark.slow
-def test_sync_enqueuer_process_with_async_worker_process(tmp_path, db):
-    log = tmp_path / "runs.log"
-    (tmp_path / "jobs_module.py").write_text(WORKER_SCRIPT.split("async def main")[0].format(
-        here=HERE, db=db, log=str(log), until_empty=False))
-    run(_open_and_close(db))
-    worker = _worker_process(tmp_path, db, log, until_empty=False)
-    try:
-        enqueuer = tmp_path / "enqueuer.py"
-        enqueuer.write_text(SYNC_ENQUEUER.format(here=HERE, folder=str(tmp_path), db=db))
-        subprocess.run([sys.executable, str(enqueuer)], check=True, timeout=60)
-        deadline = time.monotonic() + 30
-        while len(_log_lines(log)) < 20:
-            assert time.monotonic() < deadline, "the worker did not run the jobs"
-            time.sleep(0.02)
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=30) == 0
-    assert len(_log_lines(log)) == 20
-
-
-RECURRING_WORKER = """
-import asyncio, sys
-sys.path.insert(0, {here!r})
-import litejobs
-from dataclasses import dataclass
-
-@dataclass
-class Tick(litejobs.Job):
-    NAME = "tick"
-    async def run(self, state):
-        pass
-
-async def main():
-    async with litejobs.connect({db!r}) as store:
-        await store.every(1, Tick())
-        await litejobs.Worker(store, [Tick], poll_interval=0.01).run()
-
-asyncio.run(main())
-"""
-
-
-@pytest.mark.slow
-def test_recurring_ticks_enqueued_exactly_once_across_three_processes(tmp_path, db):
-    script = tmp_path / "recurring.py"
-    script.write_text(RECURRING_WORKER.format(here=HERE, db=db))
-    processes = [subprocess.Popen([sys.executable, str(script)]) for _ in range(3)]
-    try:
-        time.sleep(4.5)
-    finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            assert process.wait(timeout=30) == 0
-    conn = sqlite3.connect(db)
-    ticks = [row[0] for row in conn.execute("SELECT run_at FROM litejobs_jobs ORDER BY run_at")]
-    assert len(ticks) >= 3
-    steps = [round(b - a, 6) for a, b in zip(ticks, ticks[1:], strict=False)]
-    # One job per tick: never two for one tick.  (A worker stalled past a
-    # whole interval would coalesce, so a step of 2 s is allowed, not 0.)
-    assert all(step >= 1.0 and step == int(step) for step in steps), steps
-    assert steps.count(1.0) >= len(steps) - 1
-
-
-# -- defects: the store's edges ---------------------------------------------------
-
-
-def _loop_error_reports():
-    """Collect what the running loop would print (such as "Task exception was never retrieved")."""
-    reports = []
-    asyncio.get_running_loop().set_exception_handler(lambda loop, context: reports.append(context["message"]))
-    return reports
-
-
-def test_one_bad_value_in_a_group_commit_fails_only_its_caller(db):
-    async def main():
-        async with litejobs.connect(db) as store:
-            reports = _loop_error_reports()
-            results = await asyncio.gather(
-                *(store.enqueue(Echo(i), unique_key="\ud800" if i == 5 else None) for i in range(10)),
-                return_exceptions=True)
-            assert isinstance(results[5], litejobs.SerializationError), results
-            assert "job 'echo': unique_key '\\ud800' is not valid UTF-8 text" in str(results[5])
-            stored = sorted([(await store.get(r)).payload["value"] for r in results if isinstance(r, int)])
-            assert stored == [0, 1, 2, 3, 4, 6, 7, 8, 9]
-            gc.collect()
-            await asyncio.sleep(0)
-            assert reports == []
-
-    run(main())
-
-
-def test_any_error_in_a_shared_transaction_fails_only_the_caller_whose_rows_caused_it(db, monkeypatch):
-    insert = litejobs._insert_jobs
-
-    def picky_insert(conn, rows, clock):
-        if any("poison" in row.payload for row in rows):  # not a StoreError: what binding a bad value raises
-            raise OverflowError("Python int too large to convert to SQLite INTEGER")
-        return insert(conn, rows, clock)
-
-    monkeypatch.setattr(litejobs, "_insert_jobs", picky_insert)
-
-    async def main():
-        async with litejobs.connect(db) as store:
-            reports = _loop_error_reports()
-            results = await asyncio.gather(*(store.enqueue(Echo("poison" if i == 5 else i)) for i in range(10)),
-                                           return_exceptions=True)
-            assert [type(r).__name__ for r in results] == ["int"] * 5 + ["OverflowError"] + ["int"] * 4
-            stored = sorted([(await store.get(r)).payload["value"] for r in results if isinstance(r, int)])
-            assert stored == [0, 1, 2, 3, 4, 6, 7, 8, 9]
-            gc.collect()
-            await asyncio.sleep(0)
-            assert reports == []
-
-    run(main())
-
-
-def test_strings_sqlite_cannot_store_are_refused_when_the_job_is_built(db):
-    surrogate = "\ud800"
-
-    @dataclass
-    class QueueFromPayload(litejobs.Job):
-        NAME = "queue_from_payload"
-        target: str
-
-        def queue(self):
-            return self.target
-
-        async def run(self, state):
-            pass
-
-    for build in (lambda: litejobs.new_job(Noop(), queue=surrogate),
-                  lambda: litejobs.new_job(Noop(), unique_key="key-" + surrogate),
-                  lambda: litejobs.new_job(QueueFromPayload(surrogate))):
-        with pytest.raises(litejobs.SerializationError, match="is not valid UTF-8 text"):
-            build()
-    with pytest.raises(litejobs.SerializationError, match="job 'echo', field 'value'"):
-        litejobs.new_job(Echo(["fine", surrogate]))
-    with pytest.raises(litejobs.JobDefinitionError, match="QUEUE must be a non-empty str of valid UTF-8 text"):
-        type("Broken", (litejobs.Job,), {"NAME": "broken", "QUEUE": surrogate})
-
-    async def main():
-        async with litejobs.connect(db) as store:
-            with pytest.raises(litejobs.SerializationError, match="key '\\\\ud800' is not valid UTF-8 text"):
-                await store.every(60, Noop(), key=surrogate)
-            with pytest.raises(litejobs.SerializationError):
-                await store.enqueue(Noop(), queue=surrogate)
-            assert await store.jobs() == []
-
-    run(main())
-
-
-def test_limits_beyond_sqlite_integers_are_definition_errors():
-    with pytest.raises(litejobs.JobDefinitionError, match="Count\\(n\\) needs a whole number from 0 to 2\\*\\*63 - 1"):
-        litejobs.Count(2**63)
-    assert litejobs.Count(2**63 - 1).as_column() == 2**63 - 1
-    for timeout in (2**63, 10**30, litejobs._MAX_TIMEOUT_MS + 1):
-        with pytest.raises(litejobs.JobDefinitionError, match="TIMEOUT must be a positive int of milliseconds, at"):
-            type("Broken", (litejobs.Job,), {"NAME": "broken", "TIMEOUT": timeout})
-
-    @dataclass
-    class HugeTimeout(litejobs.Job):
-        NAME = "huge_timeout"
-
-        def timeout(self):
-            return 2**63
-
-        async def run(self, state):
-            pass
-
-    with pytest.raises(litejobs.JobDefinitionError, match="timeout\\(\\) returned 9223372036854775808, not a positive"):
-        litejobs.new_job(HugeTimeout())
-
-
-def test_due_times_datetime_cannot_read_back_are_refused_at_enqueue(db):
-    async def main():
-        async with litejobs.connect(db) as store:
-            with pytest.raises(ValueError, match="job 'noop': delay of 1e\\+12s is too long: the limit is 3.2e\\+09s"):
-                await store.enqueue(Noop(), delay=10**12)
-            with pytest.raises(ValueError, match="delay must be seconds or a timedelta"):
-                await store.enqueue(Noop(), delay=10**400)  # beyond any float
-            with pytest.raises(ValueError, match="job 'noop': run_at 9999-12-31T23:59:00\\+00:00 is too late: due "
-                                                 "times must be before the year 9000"):
-                await store.schedule(Noop(), at=datetime(9999, 12, 31, 23, 59, tzinfo=timezone.utc))
-            with pytest.raises(ValueError, match="interval of 1e\\+12s is too long"):
-                await store.every(10**12, Noop())
-            assert await store.jobs() == []
-            # Up to the limits, every due time reads back.
-            await store.enqueue(Noop(), delay=litejobs._MAX_DELAY)
-            last = datetime(8999, 12, 31, 23, 59, tzinfo=timezone.utc)
-            assert (await store.get(await store.schedule(Noop(), at=last))).run_at == last
-            assert len(await store.jobs()) == 2
-
-    run(main())
-
-
-def test_a_hand_edited_time_beyond_datetime_still_reads(capsys, db):
-    async def main():
-        async with litejobs.connect(db) as store:
-            ids = [await store.enqueue(Noop()) for _ in range(3)]
-            # Far future, infinity, far past: none can be a datetime.
-            for job_id, run_at in zip(ids, ("1e20", "9e999", "-1e20"), strict=False):
-                await store._db.execute(f"UPDATE litejobs_jobs SET run_at = {run_at} WHERE id = {job_id}")
-            infos = [await store.get(job_id) for job_id in ids]
-            utc_max = datetime.max.replace(tzinfo=timezone.utc)
-            assert [info.run_at for info in infos] == [utc_max, utc_max, datetime.min.replace(tzinfo=timezone.utc)]
-            assert len(await store.jobs()) == 3
-            with pytest.raises(TimeoutError):
-                await store.wait(ids[0], timeout=0)
-            return ids
-
-    ids = run(main())
-    code, out, err = _cli(capsys, "--db", db, "jobs")
-    assert code == 0 and err == "" and len(out.splitlines()) == 4
-    code, out, _ = _cli(capsys, "--db", db, "show", str(ids[0]))
-    assert code == 0 and "9999-12-31T23:59:59.999999+00:00" in out
-
-
-def test_retry_retry_dead_and_every_wake_the_stores_own_workers_at_once(db):
-    failed = set()
-
-    @dataclass
-    class FailsOnce(litejobs.Job):
-        NAME = "fails_once"
-        MAX_RETRIES = litejobs.Count(0)
-        tag: str
-
-        async def run(self, state):
-            if self.tag not in failed:
-                failed.add(self.tag)
-                raise RuntimeError(f"{self.tag} fails the first time")
-
-    async def main():
-        async with litejobs.connect(db) as store:
-            first, second = await store.enqueue(FailsOnce("first")), await store.enqueue(FailsOnce("second"))
-            # An idle worker that only looks at the file every 30 s: only a
-            # wake-up from the store can get it to claim sooner.
-            async with litejobs.Worker(store, [FailsOnce, Noop], poll_interval=30):
-                await wait_state(store, first, "dead")
-                await wait_state(store, second, "dead")
-                await asyncio.sleep(0.1)
-                await store.retry(first)
-                await wait_state(store, first, "done", timeout=10)
-                await store.retry_dead()
-                await wait_state(store, second, "done", timeout=10)
-                await store.every(3600, Noop())
-                await wait_until(lambda: store.jobs(name="noop", state="done"), "the first tick to run", timeout=10)
-
-    run(main())
-
-
-def test_a_database_opened_through_a_symlink_is_watched_and_private(tmp_path):
-    (tmp_path / "real").mkdir()
-    target, link = tmp_path / "real" / "jobs.db", tmp_path / "link.db"
-    link.symlink_to(target)  # dangling until litejobs creates the file
-    old_umask = os.umask(0o022)
-    try:
-        async def main():
-            async with litejobs.connect(str(link)) as store:
-                await store.enqueue(Noop())
-                assert store._wal_signature() is not None  # the -wal beside the real file
-
-        run(main())
-        assert os.stat(target).st_mode & 0o777 == 0o600
-    finally:
-        os.umask(old_umask)
-
-
-SYNC_CLOSE_SCRIPT = """
-import sys, threading
-from dataclasses import dataclass
-sys.path.insert(0, {here!r})
-import litejobs
-
-@dataclass
-class Noop(litejobs.Job):
-    NAME = "noop"
-
-    async def run(self, state):
-        pass
-
-for round_no in range(20):
-    store = litejobs.connect_sync({folder!r} + f"/close{{round_no}}.db")
-    busy, seen = threading.Event(), []
-
-    def hammer():
-        try:
-            while True:
-                store.enqueue(Noop())
-                store.stats()
-                busy.set()
-        except Exception as exc:
-            seen.append(exc)
-            busy.set()
-
-    thread = threading.Thread(target=hammer)
-    thread.start()
-    busy.wait(10)
-    store.close()
-    store.close()  # a second close does nothing
-    thread.join(10)
-    for exc in seen + [None]:
-        if exc is None:
-            try:
-                store.get(1)
-            except Exception as later:
-                exc = later
-        assert isinstance(exc, litejobs.StoreError) and "is closed" in str(exc), repr(exc)
-print("ok")
-"""
-
-
-def test_closing_a_sync_store_while_another_thread_calls_it(tmp_path):
-    # In a process of its own: closing under a call in flight used to crash it.
-    script = SYNC_CLOSE_SCRIPT.format(here=HERE, folder=str(tmp_path))
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert (result.returncode, result.stdout, result.stderr) == (0, "ok\n", "")
-
-
-def test_a_store_used_from_another_event_loop_says_so(db):
-    async def open_store():
-        return await litejobs.connect(db)
-
-    store = run(open_store())
-    outcome = []
-
-    def second_loop():
-        for call in (store.enqueue(Noop()), store.get(1)):
-            try:
-                outcome.append(asyncio.run(call))
-            except BaseException as exc:
-                outcome.append(exc)
-
-    thread = threading.Thread(target=second_loop, daemon=True)
-    thread.start()
-    thread.join(10)  # guards against a hang; never decides a pass
-    assert len(outcome) == 2, "the calls from a second event loop hung"
-    for exc in outcome:
-        assert isinstance(exc, litejobs.StoreError), exc
-        assert str(exc) == f"the store for {db!r} belongs to another event loop: connect again in this one"
-    run(store.close())  # closing works from any loop
-
-
-def test_a_store_opened_before_a_fork_says_so_in_the_child(db):
-    import warnings
-
-    async def main():
-        async with litejobs.connect(db) as store:
-            await store.enqueue(Noop())
-            read, write = os.pipe()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                pid = os.fork()
-            if pid == 0:  # the child
-                try:
-                    os.close(read)
-                    try:
-                        message = f"enqueued {asyncio.run(store.enqueue(Noop()))}"
-                    except BaseException as exc:
-                        message = f"{type(exc).__name__}: {exc}"
-                    asyncio.run(store.close())  # leaves the parent's connection alone
-                    os.write(write, message.encode())
-                finally:
-                    os._exit(0)
-            os.close(write)
-            give_up = time.monotonic() + 10  # a hang fails the test instead of hanging the suite
-            while os.waitpid(pid, os.WNOHANG) == (0, 0):
-                if time.monotonic() > give_up:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    break
-                time.sleep(0.01)
-            with os.fdopen(read) as pipe:
-                message = pipe.read()
-            assert message == (f"StoreError: the store for {db!r} was opened in another process (this one "
-                               "was forked from it): connect again in this process")
-            assert len(await store.jobs()) == 1  # the parent's store is unharmed
-
-    run(main())
-
-
-def test_file_uri_paths_are_refused_with_a_clear_message(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    for uri in (f"file:{tmp_path / 'jobs.db'}?mode=rwc", "file:jobs.db"):
-        with pytest.raises(litejobs.StoreError, match="is a file: URI, which litejobs does not take: give the plain"):
-            run(_open_and_close(uri))
-        with pytest.raises(litejobs.StoreError, match="is a file: URI"):
-            litejobs.connect_sync(uri)
-    assert os.listdir(tmp_path) == []  # nothing created, under either name
-
-
-def test_a_callback_that_unsubscribes_itself_makes_nobody_miss_an_event(db):
-    async def main():
-        async with litejobs.connect(db) as store:
-            seen = []
-
-            def once(event):
-                seen.append(("once", event.job_id))
-                unsubscribe_once()
-
-            unsubscribe_once = store.on_event(once)
-            store.on_event(lambda event: seen.append(("every", event.job_id)))
-            first, second = await store.enqueue(Noop()), await store.enqueue(Noop())
-            assert seen == [("once", first), ("every", first), ("every", second)]
-            unsubscribe_once()  # a second call does nothing
-
-    run(main())
-
-
-# -- the command line ------------------------------------------------------------
-
-
-def _cli(capsys, *argv):
-    code = litejobs.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture
-def demo_db(tmp_path):
-    """A database with a done, a dead, a pending and a scheduled job."""
-    path = str(tmp_path / "cli.db")
-
-    async def fill():
-        async with litejobs.connect(path) as store:
-            ok = await store.enqueue(Echo("ok"))
-            bad = await store.enqueue(failing_job(litejobs.Count(0))())
-            async with litejobs.Worker(store, [Echo, failing_job(litejobs.Count(0))]):
-                await wait_state(store, ok, "done")
-                await wait_state(store, bad, "dead")
-            await store.enqueue(Noop())
-            await store.enqueue(Noop(), delay=7200)
-            return ok, bad
-
-    ok, bad = run(fill())
-    return path, ok, bad
-
-
-def test_cli_stats_and_jobs(capsys, demo_db):
-    path, ok, bad = demo_db
-    code, out, _ = _cli(capsys, "--db", path, "stats")
-    assert code == 0
-    header, row = out.splitlines()
-    assert header.split()[:7] == ["QUEUE", "PENDING", "SCHEDULED", "RUNNING", "DONE", "DEAD", "CANCELLED"]
-    assert row.split()[:7] == ["default", "1", "1", "0", "1", "1", "0"]
-    code, out, _ = _cli(capsys, "--db", path, "stats", "--json")
-    assert orjson_loads(out)["default"]["dead_counts"]["all_time"] == 1
-    code, out, _ = _cli(capsys, "--db", path, "jobs", "--state", "dead")
-    lines = out.splitlines()
-    assert len(lines) == 2 and lines[1].split()[:4] == [str(bad), "failing", "default", "dead"]
-    assert "RuntimeError: failure number 1" in lines[1] and ("ago" in lines[1] or "now" in lines[1])
-    code, out, _ = _cli(capsys, "--db", path, "jobs", "--json", "--limit", "1")
-    assert [job["state"] for job in orjson_loads(out)] == ["pending"]
-    code, out, _ = _cli(capsys, "--db", path, "jobs")
-    assert "in 1h" in out or "in 2h" in out
-
-
-def orjson_loads(text):
-    import json
-
-    return json.loads(text)
-
-
-def test_cli_show_retry_cancel_purge(capsys, demo_db):
-    path, ok, bad = demo_db
-    code, out, _ = _cli(capsys, "--db", path, "show", str(bad))
-    assert code == 0 and "state       dead" in out and "Traceback" in out
-    assert orjson_loads(_cli(capsys, "--db", path, "show", str(ok), "--json")[1])["result"] == "ok"
-    code, out, _ = _cli(capsys, "--db", path, "retry", str(bad))
-    assert code == 0 and out.strip() == f"job {bad}: back to pending"
-    code, out, _ = _cli(capsys, "--db", path, "retry", "--dead")
-    assert out.strip() == "0 dead job(s) back to pending"
-    code, out, _ = _cli(capsys, "--db", path, "cancel", str(bad), str(ok))
-    assert out.splitlines() == [f"job {bad}: cancelled", f"job {ok}: already done, left alone"]
-    code, out, _ = _cli(capsys, "--db", path, "purge", "--state", "done", "--older-than", "0s")
-    assert code == 0 and out.strip() == "1 done job(s) deleted"
-    code, out, _ = _cli(capsys, "--db", path, "purge", "--state", "cancelled", "--older-than", "7d")
-    assert out.strip() == "0 cancelled job(s) deleted"
-
-
-def test_cli_user_mistakes_are_one_line_errors(capsys, tmp_path, demo_db, monkeypatch):
-    path, ok, bad = demo_db
-    (tmp_path / "broken_module.py").write_text("JOBS = [\n")
-    monkeypatch.chdir(tmp_path)
-    missing = str(tmp_path / "nothing-here.db")
-    for argv, expected in [
-        (["--db", missing, "stats"], "no such file (use --db PATH or set LITEJOBS_DB)"),
-        (["--db", path, "show", "999"], "no job with id 999"),
-        (["--db", path, "cancel", "999"], "no job with id 999"),
-        (["--db", path, "retry"], "give one or more job ids"),
-        (["--db", path, "worker", "no_colon_here"], "needs MODULE:ATTR"),
-        (["--db", path, "worker", "no_such_module_xyz:jobs"], "cannot import 'no_such_module_xyz'"),
-        (["--db", path, "worker", "litejobs:no_such_attr"], "has no attribute 'no_such_attr'"),
-        (["--db", path, "worker", "litejobs:__version__"], "give a list of Job classes"),
-        (["--db", path, "worker", "test_litejobs:Noop"], "is a Job class; give a list of Job classes"),
-        (["--db", path, "worker", "broken_module:JOBS"], "cannot import 'broken_module': SyntaxError"),
-    ]:
-        code, out, err = _cli(capsys, *argv)
-        assert code == 1 and out == "", argv
-        assert err.startswith("litejobs: error: ") and expected in err and err.count("\n") == 1, err
-    assert not os.path.exists(missing)  # inspecting never creates a file
-    with pytest.raises(SystemExit) as exit_info:
-        litejobs.main(["--db", path, "purge", "--state", "done", "--older-than", "7 days"])
-    assert exit_info.value.code == 2
-    assert "bad duration '7 days'" in capsys.readouterr().err
-
-
-def test_durations_and_relative_times():
-    assert [litejobs._parse_duration(t) for t in ("90s", "15m", "2h", "7d", "1w", "30")] == [
-        90, 900, 7200, 604800, 604800, 30]
-    now = T0
-    def at(s):
-        return datetime.fromtimestamp(T0 + s, timezone.utc)
-    assert [litejobs._relative(at(s), now) for s in (-180, 7200, 0.2, -90000)] == ["3m ago", "in 2h", "now", "1d ago"]
-
-
-JOBS_FOR_CLI = """
-import asyncio
-import dataclasses
-from dataclasses import dataclass
-import litejobs
-
-@dataclass
-class Hello(litejobs.Job):
-    NAME = "hello"
-    who: str = "cli"
-    async def run(self, state):
-        return "hello " + self.who
-
-JOBS = [Hello]
-
-def make_worker(store):
-    return litejobs.Worker(store, JOBS, concurrency=2, poll_interval=0.01)
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("target", ["cli_jobs:JOBS", "cli_jobs:make_worker"])
-def test_cli_worker_runs_jobs_and_stops_cleanly_on_sigterm(tmp_path, target):
-    (tmp_path / "cli_jobs.py").write_text(JOBS_FOR_CLI)
-    db = str(tmp_path / "cli.db")
-    with litejobs.connect_sync(db) as store:
-        job_id = store.enqueue_many([litejobs.new_job(_hello_job(tmp_path))])[0]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "litejobs", "--db", db, "worker", target],
-        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=HERE), stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        with litejobs.connect_sync(db) as store:
-            while store.get(job_id).state != "done":
-                assert time.monotonic() < deadline and process.poll() is None
-                time.sleep(0.02)
-            assert store.get(job_id).result == "hello cli"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=30)
-    err = process.stderr.read()
-    assert code == 0, err
-    assert "worker started" in err and "worker stopped" in err and "Traceback" not in err
-
-
-def _hello_job(folder):
-    sys.path.insert(0, str(folder))
-    try:
-        import cli_jobs
-    finally:
-        sys.path.remove(str(folder))
-    return cli_jobs.Hello()
-
-
-@pytest.mark.slow
-def test_cli_through_a_real_process_and_stats_watch(demo_db):
-    path, ok, bad = demo_db
-    result = subprocess.run([sys.executable, "-m", "litejobs", "--db", path, "jobs", "--state", "dead"],
-                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=HERE), timeout=60)
-    assert result.returncode == 0 and f"{bad}  failing" in result.stdout
-    result = subprocess.run([sys.executable, "-m", "litejobs", "--db", path, "show", "777"],
-                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=HERE), timeout=60)
-    assert (result.returncode, result.stdout, result.stderr) == (1, "", "litejobs: error: no job with id 777\n")
-    piped = subprocess.run(f"{sys.executable} -m litejobs --db {path} jobs --limit 100 | head -n 1", shell=True,
-                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=HERE), timeout=60)
-    assert piped.stdout.startswith("ID") and "Traceback" not in piped.stderr
-    watch = subprocess.Popen([sys.executable, "-m", "litejobs", "--db", path, "stats", "--watch"],
-                             stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=HERE))
-    first_screen = ""
-    while "default" not in first_screen:
-        first_screen += watch.stdout.readline()
-    watch.send_signal(signal.SIGINT)
-    assert watch.wait(timeout=30) == 0
-    assert "QUEUE" in first_screen and "Ctrl-C" in first_screen
-
-
-# -- reliability: crashes, contention, full disks, hostile input ------------------
-
 CRASH_WORKER = """
 import asyncio, os, sys
 sys.path.insert(0, {here!r})
@@ -2309,6 +2870,7 @@ async def main():
 
 asyncio.run(main())
 """
+
 
 CRASH_JOBS = """
 import asyncio, os
@@ -2401,6 +2963,7 @@ with litejobs.connect_sync({db!r}) as store:
             store.enqueue(Sleepy() if i % 2 else Quick())
 """
 
+
 CONTENTION_JOBS = """
 import asyncio, os
 from dataclasses import dataclass
@@ -2424,6 +2987,7 @@ class Sleepy(litejobs.Job):
         record()
         await asyncio.sleep(0.005)
 """
+
 
 CONTENTION_WORKER = """
 import asyncio, sys
@@ -2485,30 +3049,126 @@ def test_four_workers_two_enqueuers_no_lock_errors_every_job_once(tmp_path, db):
     assert s.done == total == s.done_counts.all_time
 
 
-async def set_max_pages(store, pages):
-    """Make the disk look full past ``pages``: every connection of the store hears it."""
-    await store._db.execute(f"PRAGMA max_page_count = {pages}")
-    if store._quick is not None:
-        store._quick.execute(f"PRAGMA max_page_count = {pages}")
+# -- the synchronous twin ------------------------------------------------------
 
 
-def _page_count(db):
-    conn = sqlite3.connect(db)
+def test_sync_twin_enqueues_and_reads(db):
+    clock = FakeClock()
+    with litejobs.connect_sync(db, clock=clock) as store:
+        job_id = store.enqueue(Echo("from flask"), priority=5)
+        more = store.enqueue_many([Echo(1), Echo(2)])
+        later = store.schedule(Echo(3), at=datetime.fromtimestamp(T0 + 60, timezone.utc))
+        info = store.get(job_id)
+        assert (info.payload, info.priority, info.state) == ({"value": "from flask"}, 5, "pending")
+        assert len(more) == 2 and store.get(later).run_at.timestamp() == T0 + 60
+        assert store.stats()["default"].pending == 3 and store.stats()["default"].scheduled == 1
+    with pytest.raises(litejobs.StoreError, match="no such file"):
+        litejobs.connect_sync(db + ".missing", create=False)
+    assert not os.path.exists(db + ".missing")
+
+
+def test_sync_twin_uses_the_same_sql_as_the_async_store():
+    # Shared by construction: the inspection calls are one implementation.
+    for name in ("get", "stats", "jobs", "retry", "retry_dead", "purge", "every", "unschedule"):
+        assert getattr(litejobs.SyncStore, name) is getattr(litejobs.Store, name)
+
+
+SYNC_ENQUEUER = """
+import sys
+sys.path.insert(0, {here!r})
+sys.path.insert(0, {folder!r})
+import litejobs
+from jobs_module import Recorded
+
+with litejobs.connect_sync({db!r}) as store:   # as a Flask view would
+    for i in range(20):
+        store.enqueue(Recorded())
+"""
+
+
+@pytest.mark.slow
+def test_sync_enqueuer_process_with_async_worker_process(tmp_path, db):
+    log = tmp_path / "runs.log"
+    (tmp_path / "jobs_module.py").write_text(WORKER_SCRIPT.split("async def main")[0].format(
+        here=HERE, db=db, log=str(log), until_empty=False))
+    run(_open_and_close(db))
+    worker = _worker_process(tmp_path, db, log, until_empty=False)
     try:
-        return conn.execute("PRAGMA page_count").fetchone()[0]
+        enqueuer = tmp_path / "enqueuer.py"
+        enqueuer.write_text(SYNC_ENQUEUER.format(here=HERE, folder=str(tmp_path), db=db))
+        subprocess.run([sys.executable, str(enqueuer)], check=True, timeout=60)
+        deadline = time.monotonic() + 30
+        while len(_log_lines(log)) < 20:
+            assert time.monotonic() < deadline, "the worker did not run the jobs"
+            time.sleep(0.02)
     finally:
-        conn.close()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+    assert len(_log_lines(log)) == 20
+
+
+SYNC_CLOSE_SCRIPT = """
+import sys, threading
+from dataclasses import dataclass
+sys.path.insert(0, {here!r})
+import litejobs
+
+@dataclass
+class Noop(litejobs.Job):
+    NAME = "noop"
+
+    async def run(self, state):
+        pass
+
+for round_no in range(20):
+    store = litejobs.connect_sync({folder!r} + f"/close{{round_no}}.db")
+    busy, seen = threading.Event(), []
+
+    def hammer():
+        try:
+            while True:
+                store.enqueue(Noop())
+                store.stats()
+                busy.set()
+        except Exception as exc:
+            seen.append(exc)
+            busy.set()
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    busy.wait(10)
+    store.close()
+    store.close()  # a second close does nothing
+    thread.join(10)
+    for exc in seen + [None]:
+        if exc is None:
+            try:
+                store.get(1)
+            except Exception as later:
+                exc = later
+        assert isinstance(exc, litejobs.StoreError) and "is closed" in str(exc), repr(exc)
+print("ok")
+"""
+
+
+def test_closing_a_sync_store_while_another_thread_calls_it(tmp_path):
+    # In a process of its own: closing under a call in flight used to crash it.
+    script = SYNC_CLOSE_SCRIPT.format(here=HERE, folder=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "ok\n", "")
+
+
+# -- full disks and read-only files --------------------------------------------
 
 
 def test_full_disk_enqueue_fails_cleanly_and_stores_nothing(db):
     async def main():
         async with litejobs.connect(db) as store:
             kept = await store.enqueue(Echo("kept"))
-            pages = (await store._db.execute_fetchall("PRAGMA page_count"))[0][0]
-            await set_max_pages(store, pages)  # the disk is now full
+            await fill_the_disk(store)
             with pytest.raises(litejobs.StoreError, match="database or disk is full"):
                 await store.enqueue_many([Echo("x" * 5000) for _ in range(50)])
-            await set_max_pages(store, 1073741823)
+            await make_room_on_the_disk(store)
             assert [j.id for j in await store.jobs()] == [kept]  # nothing partial
             assert (await store.get(kept)).payload == {"value": "kept"}
 
@@ -2526,13 +3186,12 @@ def test_worker_keeps_retrying_an_outcome_write_until_the_disk_has_room(db, capl
     async def main():
         async with litejobs.connect(db) as store:
             job_id = await store.enqueue(BigResult())
-            pages = (await store._db.execute_fetchall("PRAGMA page_count"))[0][0]
-            await set_max_pages(store, pages + 2)
+            await fill_the_disk(store, spare_pages=2)
             async with litejobs.Worker(store, [BigResult]):
                 await wait_until(lambda: _true_when("database or disk is full" in caplog.text),
                                  "a failed outcome write")
                 assert (await store.get(job_id)).state == "running"
-                await set_max_pages(store, 1073741823)  # room again
+                await make_room_on_the_disk(store)  # room again
                 info = await wait_state(store, job_id, "done")
             assert len(info.result) == 200_000 and info.attempts == 1
 
@@ -2607,239 +3266,109 @@ def test_read_only_file_or_folder_gives_a_clear_error(open_folder):
         os.chmod(folder, 0o755)
 
 
-def test_hand_edits_that_would_break_a_job_are_refused_by_the_schema(db):
-    run(_open_and_close(db))
-    with litejobs.connect_sync(db) as store:
-        job_id = store.enqueue(Noop())
-    conn = sqlite3.connect(db)
-    for edit in ["state = 'zombie'", "attempts = -3", "run_at = NULL", "run_at = 'tomorrow'",
-                 "backoff = 'random'", "timeout_ms = 0", "max_retries = -1", "priority = 'high'"]:
-        with pytest.raises(sqlite3.IntegrityError):
-            conn.execute(f"UPDATE litejobs_jobs SET {edit} WHERE id = ?", (job_id,))
-    conn.close()
+# -- the command line ----------------------------------------------------------
 
 
-def test_hostile_rows_fail_their_job_and_others_keep_flowing(db):
-    @dataclass
-    class Other(litejobs.Job):
-        NAME = "other"
-        different: int
+@pytest.fixture
+def demo_db(tmp_path):
+    """A database with a done, a dead, a pending and a scheduled job."""
+    path = str(tmp_path / "cli.db")
 
-        async def run(self, state):
-            pass
+    async def fill():
+        async with litejobs.connect(path) as store:
+            ok = await store.enqueue(Echo("ok"))
+            bad = await store.enqueue(failing_job(litejobs.Count(0))())
+            async with litejobs.Worker(store, [Echo, failing_job(litejobs.Count(0))]):
+                await wait_state(store, ok, "done")
+                await wait_state(store, bad, "dead")
+            await store.enqueue(Noop())
+            await store.enqueue(Noop(), delay=7200)
+            return ok, bad
 
-    async def main():
-        async with litejobs.connect(db) as store:
-            wrong_shape = await store.enqueue(Echo(1))
-            renamed = await store.enqueue(Echo(2))
-            negative = await store.enqueue(Echo(3))
-            weird_backoff = await store.enqueue(Echo(4))
-            zombie = await store.enqueue(Echo(5))
-            fine = await store.enqueue_many([Echo(i) for i in range(20)])
-            edits = [("payload = '[1, 2, 3]'", wrong_shape), ("name = 'other'", renamed),
-                     ("attempts = -7", negative), ("backoff = 'random'", weird_backoff), ("state = 'zombie'", zombie)]
-            await store._db.execute("PRAGMA ignore_check_constraints = ON")  # a determined hand editor
-            for edit, job_id in edits:
-                await store._db.execute(f"UPDATE litejobs_jobs SET {edit} WHERE id = ?", (job_id,))
-            await store._db.execute("PRAGMA ignore_check_constraints = OFF")
-            async with litejobs.Worker(store, [Echo, Other], poll_interval=0.01) as worker:
-                for job_id in fine:
-                    await wait_state(store, job_id, "done")
-                errors = {job_id: (await wait_state(store, job_id, "dead")).last_error
-                          for job_id in (wrong_shape, renamed, negative, weird_backoff)}
-                claims = worker.claims
-                await asyncio.sleep(0.3)
-                assert worker.claims - claims <= 2  # no spinning on the rows it cannot run
-            assert "payload is a list, not an object" in errors[wrong_shape]
-            assert "job 'other'" in errors[renamed] and "unexpected keyword argument 'value'" in errors[renamed]
-            assert "quarantined: the row was edited by hand and broke its checks: attempts=-7" in errors[negative]
-            assert "backoff='random'" in errors[weird_backoff]
-            # Quarantined with the others once a write tripped over a broken row.
-            assert "state='zombie'" in (await store.get(zombie)).last_error
-
-    run(main())
+    ok, bad = run(fill())
+    return path, ok, bad
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({1: "a"}, "str"),
-    (2**64, "Integer exceeds 64-bit range"),
-    (float("nan"), "not a JSON number"),
-    (object(), "not JSON serializable: object"),
-    (b"bytes", "not JSON serializable: bytes"),
-])
-def test_payloads_json_cannot_carry_are_refused(db, bad, message):
-    async def main():
-        async with litejobs.connect(db) as store:
-            with pytest.raises(litejobs.SerializationError, match=message):
-                await store.enqueue(Echo(bad))
-            assert await store.jobs() == []
-
-    run(main())
-
-
-def test_deep_nesting_is_refused():
-    deep = []
-    for _ in range(300):
-        deep = [deep]
-    with pytest.raises(litejobs.SerializationError, match="job 'echo', field 'value': Recursion limit"):
-        litejobs.new_job(Echo(deep))
+def test_cli_stats_and_jobs(capsys, demo_db):
+    path, ok, bad = demo_db
+    code, out, _ = _cli(capsys, "--db", path, "stats")
+    assert code == 0
+    header, row = out.splitlines()
+    assert header.split()[:7] == ["QUEUE", "PENDING", "SCHEDULED", "RUNNING", "DONE", "DEAD", "CANCELLED"]
+    assert row.split()[:7] == ["default", "1", "1", "0", "1", "1", "0"]
+    code, out, _ = _cli(capsys, "--db", path, "stats", "--json")
+    assert orjson_loads(out)["default"]["dead_counts"]["all_time"] == 1
+    code, out, _ = _cli(capsys, "--db", path, "jobs", "--state", "dead")
+    lines = out.splitlines()
+    assert len(lines) == 2 and lines[1].split()[:4] == [str(bad), "failing", "default", "dead"]
+    assert "RuntimeError: failure number 1" in lines[1] and ("ago" in lines[1] or "now" in lines[1])
+    code, out, _ = _cli(capsys, "--db", path, "jobs", "--json", "--limit", "1")
+    assert [job["state"] for job in orjson_loads(out)] == ["pending"]
+    code, out, _ = _cli(capsys, "--db", path, "jobs")
+    assert "in 1h" in out or "in 2h" in out
 
 
-def test_odd_names_keys_and_queues_are_stored_and_matched_literally(db):
-    odd = ["it's", 'say "hi"', "100%", "a_b", "%", "_", "nul\x00byte", "x" * 10_000, "'; DROP TABLE litejobs_jobs; --"]
-
-    async def main():
-        async with litejobs.connect(db) as store:
-            ids = {}
-            for text in odd:
-                job_class = type("Odd", (Echo,), {"NAME": text})
-                job_class = dataclass(job_class)
-                ids[text] = (await store.enqueue(job_class(text), queue=text, unique_key=text), job_class)
-            for text, (job_id, job_class) in ids.items():
-                assert await store.enqueue(job_class("again"), queue=text, unique_key=text) == job_id
-                info = await store.get(job_id)
-                assert (info.name, info.queue, info.unique_key, info.payload["value"]) == (text, text, text, text)
-                assert [j.id for j in await store.jobs(name=text, queue=text)] == [job_id]
-            classes = [cls for _, cls in ids.values()]
-            async with litejobs.Worker(store, classes, queues=odd, poll_interval=0.01):
-                for job_id, _ in ids.values():
-                    await wait_state(store, job_id, "done")
-            assert set(await store.stats()) == set(odd)
-
-    run(main())
+def test_cli_show_retry_cancel_purge(capsys, demo_db):
+    path, ok, bad = demo_db
+    code, out, _ = _cli(capsys, "--db", path, "show", str(bad))
+    assert code == 0 and "state       dead" in out and "Traceback" in out
+    assert orjson_loads(_cli(capsys, "--db", path, "show", str(ok), "--json")[1])["result"] == "ok"
+    code, out, _ = _cli(capsys, "--db", path, "retry", str(bad))
+    assert code == 0 and out.strip() == f"job {bad}: back to pending"
+    code, out, _ = _cli(capsys, "--db", path, "retry", "--dead")
+    assert out.strip() == "0 dead job(s) back to pending"
+    code, out, _ = _cli(capsys, "--db", path, "cancel", str(bad), str(ok))
+    assert out.splitlines() == [f"job {bad}: cancelled", f"job {ok}: already done, left alone"]
+    code, out, _ = _cli(capsys, "--db", path, "purge", "--state", "done", "--older-than", "0s")
+    assert code == 0 and out.strip() == "1 done job(s) deleted"
+    code, out, _ = _cli(capsys, "--db", path, "purge", "--state", "cancelled", "--older-than", "7d")
+    assert out.strip() == "0 cancelled job(s) deleted"
 
 
-def test_database_of_another_program_is_refused_and_untouched(db):
-    conn = sqlite3.connect(db)
-    conn.execute("CREATE TABLE litejobs_jobs (id INTEGER PRIMARY KEY, whatever TEXT)")  # not ours
-    conn.commit()
-    conn.close()
-    before = open(db, "rb").read()
-
-    async def main():
-        with pytest.raises(litejobs.StoreError, match="litejobs_ tables that litejobs did not create"):
-            await litejobs.connect(db)
-
-    run(main())
-    assert open(db, "rb").read() == before
-
-
-def test_job_ignoring_cancellation_still_times_out_and_frees_its_slot(db):
-    kept_going = []
-
-    @dataclass
-    class Stubborn(litejobs.Job):
-        NAME = "stubborn"
-        TIMEOUT = 50
-        MAX_RETRIES = litejobs.Count(0)
-
-        async def run(self, state):
-            try:
-                await asyncio.sleep(1)
-            except asyncio.CancelledError:
-                await asyncio.sleep(1)  # swallows the cancellation and carries on
-                kept_going.append(True)
-
-    async def main():
-        async with litejobs.connect(db) as store:
-            stubborn = await store.enqueue(Stubborn())
-            after = await store.enqueue(Noop())
-            async with litejobs.Worker(store, [Stubborn, Noop], concurrency=1, shutdown_timeout=0):
-                info = await wait_state(store, stubborn, "dead")
-                await wait_state(store, after, "done")  # the one slot was handed on
-                assert not kept_going  # the job is still going, yet its failure is recorded
-            assert "exceeded its timeout of 50 ms" in info.last_error
-
-    run(main())
+def test_cli_user_mistakes_are_one_line_errors(capsys, tmp_path, demo_db, monkeypatch):
+    path, ok, bad = demo_db
+    (tmp_path / "broken_module.py").write_text("JOBS = [\n")
+    monkeypatch.chdir(tmp_path)
+    missing = str(tmp_path / "nothing-here.db")
+    for argv, expected in [
+        (["--db", missing, "stats"], "no such file (use --db PATH or set LITEJOBS_DB)"),
+        (["--db", path, "show", "999"], "no job with id 999"),
+        (["--db", path, "cancel", "999"], "no job with id 999"),
+        (["--db", path, "retry"], "give one or more job ids"),
+        (["--db", path, "worker", "no_colon_here"], "needs MODULE:ATTR"),
+        (["--db", path, "worker", "no_such_module_xyz:jobs"], "cannot import 'no_such_module_xyz'"),
+        (["--db", path, "worker", "litejobs:no_such_attr"], "has no attribute 'no_such_attr'"),
+        (["--db", path, "worker", "litejobs:__version__"], "give a list of Job classes"),
+        (["--db", path, "worker", "test_litejobs:Noop"], "is a Job class; give a list of Job classes"),
+        (["--db", path, "worker", "broken_module:JOBS"], "cannot import 'broken_module': SyntaxError"),
+    ]:
+        code, out, err = _cli(capsys, *argv)
+        assert code == 1 and out == "", argv
+        assert err.startswith("litejobs: error: ") and expected in err and err.count("\n") == 1, err
+    assert not os.path.exists(missing)  # inspecting never creates a file
+    with pytest.raises(SystemExit) as exit_info:
+        litejobs.main(["--db", path, "purge", "--state", "done", "--older-than", "7 days"])
+    assert exit_info.value.code == 2
+    assert "bad duration '7 days'" in capsys.readouterr().err
 
 
-def test_job_blocking_the_event_loop_past_its_timeout_fails(db):
-    @dataclass
-    class Blocker(litejobs.Job):
-        NAME = "blocker"
-        TIMEOUT = 50
-        MAX_RETRIES = litejobs.Count(0)
-
-        async def run(self, state):
-            time.sleep(0.2)  # a sync call inside async def: the loop is blocked
-            return "too late"
-
-    async def main():
-        async with litejobs.connect(db) as store:
-            job_id = await store.enqueue(Blocker())
-            async with litejobs.Worker(store, [Blocker]):
-                info = await wait_state(store, job_id, "dead")
-            assert "exceeded its timeout of 50 ms" in info.last_error and "blocking the event loop" in info.last_error
-            assert info.result is None
-
-    run(main())
+def test_durations_and_relative_times():
+    assert [litejobs._parse_duration(t) for t in ("90s", "15m", "2h", "7d", "1w", "30")] == [
+        90, 900, 7200, 604800, 604800, 30]
+    now = T0
+    def at(s):
+        return datetime.fromtimestamp(T0 + s, timezone.utc)
+    assert [litejobs._relative(at(s), now) for s in (-180, 7200, 0.2, -90000)] == ["3m ago", "in 2h", "now", "1d ago"]
 
 
-def test_new_database_files_are_private_to_their_owner(tmp_path):
-    db = str(tmp_path / "secret.db")
-    old_umask = os.umask(0o022)
-    try:
-        async def main():
-            async with litejobs.connect(db) as store:
-                await store.enqueue(Echo("api-key-123"))
-                modes = {suffix: os.stat(db + suffix).st_mode & 0o777 for suffix in ("", "-wal", "-shm")}
-            return modes
+def subprocess_free_main(argv):
+    import contextlib
+    import io
 
-        assert run(main()) == {"": 0o600, "-wal": 0o600, "-shm": 0o600}
-    finally:
-        os.umask(old_umask)
-
-
-def test_a_row_can_only_name_a_registered_class(db):
-    async def main():
-        async with litejobs.connect(db) as store:
-            job_id = await store.enqueue(Noop())
-            # Someone with write access to the file names a dangerous callable.
-            await store._db.execute(
-                "UPDATE litejobs_jobs SET name = 'os.system', payload = '{\"command\": \"touch pwned\"}' WHERE id = ?",
-                (job_id,))
-            async with litejobs.Worker(store, [Noop], poll_interval=0.01):
-                await asyncio.sleep(0.2)
-            assert (await store.get(job_id)).state == "pending"  # never claimed, never imported
-            assert not os.path.exists("pwned")
-
-    run(main())
-
-
-def test_retention_and_purge_use_the_finished_index_not_a_scan(db):
-    run(_open_and_close(db))
-    conn = sqlite3.connect(db)
-    for sql, params in [(litejobs._SQL_PRUNE, (T0, 1000)), (litejobs._SQL_ANY_TO_PRUNE, (T0,)),
-                        (litejobs._SQL_PURGE, ("dead", T0, 1000))]:
-        plan = " | ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
-        assert "USING INDEX litejobs_jobs_finished" in plan and "SCAN litejobs_jobs" not in plan, plan
-
-
-def test_cancelling_a_pending_job_is_an_event(db):
-    async def main():
-        async with litejobs.connect(db) as store:
-            events = []
-            store.on_event(lambda e: events.append((e.kind, e.job_id, e.name)))
-            job_id = await store.enqueue(Noop())
-            await store.cancel(job_id)
-            await store.cancel(job_id)  # already cancelled: nothing new happens
-            assert events == [("enqueue", job_id, "noop"), ("cancellation", job_id, "noop")]
-
-    run(main())
-
-
-def test_a_killed_worker_of_this_host_knows_no_names(db):
-    async def main():
-        async with litejobs.connect(db) as store:
-            await store.enqueue(Echo(1))
-            dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                                      capture_output=True, text=True).stdout.strip()
-            await store._db.execute(
-                "INSERT INTO litejobs_workers VALUES ('ghost', ?, ?, '[\"echo\"]', 0)",
-                (__import__("socket").gethostname(), int(dead_pid)))
-            assert (await store.stats())["default"].unregistered is None
-
-    run(main())
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        litejobs.main(argv)
+    return out.getvalue()
 
 
 def test_cli_inspection_changes_nothing_and_reads_read_only_files(capsys, tmp_path, open_folder):
@@ -2867,16 +3396,6 @@ def test_cli_inspection_changes_nothing_and_reads_read_only_files(capsys, tmp_pa
         os.chmod(open_folder, 0o755)
 
 
-def subprocess_free_main(argv):
-    import contextlib
-    import io
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        litejobs.main(argv)
-    return out.getvalue()
-
-
 def test_demo_never_deletes_a_file_it_did_not_make(capsys, tmp_path):
     app_db = str(tmp_path / "app.db")
     with litejobs.connect_sync(app_db) as store:
@@ -2887,13 +3406,212 @@ def test_demo_never_deletes_a_file_it_did_not_make(capsys, tmp_path):
         assert store.get(job_id).name == "noop"
 
 
-# -- a property test: the store against a model of SPEC section 2 -----------------
+JOBS_FOR_CLI = """
+import asyncio
+import dataclasses
+from dataclasses import dataclass
+import litejobs
 
-from hypothesis import settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule  # noqa: E402
+@dataclass
+class Hello(litejobs.Job):
+    NAME = "hello"
+    who: str = "cli"
+    async def run(self, state):
+        return "hello " + self.who
 
-GRACE = litejobs._WATCHDOG_GRACE
+JOBS = [Hello]
+
+def make_worker(store):
+    return litejobs.Worker(store, JOBS, concurrency=2, poll_interval=0.01)
+"""
+
+
+def _hello_job(folder):
+    sys.path.insert(0, str(folder))
+    try:
+        import cli_jobs
+    finally:
+        sys.path.remove(str(folder))
+    return cli_jobs.Hello()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["cli_jobs:JOBS", "cli_jobs:make_worker"])
+def test_cli_worker_runs_jobs_and_stops_cleanly_on_sigterm(tmp_path, target):
+    (tmp_path / "cli_jobs.py").write_text(JOBS_FOR_CLI)
+    db = str(tmp_path / "cli.db")
+    with litejobs.connect_sync(db) as store:
+        job_id = store.enqueue_many([litejobs.new_job(_hello_job(tmp_path))])[0]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "litejobs", "--db", db, "worker", target],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=HERE), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        with litejobs.connect_sync(db) as store:
+            while store.get(job_id).state != "done":
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.02)
+            assert store.get(job_id).result == "hello cli"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+    err = process.stderr.read()
+    assert code == 0, err
+    assert "worker started" in err and "worker stopped" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_cli_through_a_real_process_and_stats_watch(demo_db):
+    path, ok, bad = demo_db
+    result = subprocess.run([sys.executable, "-m", "litejobs", "--db", path, "jobs", "--state", "dead"],
+                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=HERE), timeout=60)
+    assert result.returncode == 0 and f"{bad}  failing" in result.stdout
+    result = subprocess.run([sys.executable, "-m", "litejobs", "--db", path, "show", "777"],
+                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=HERE), timeout=60)
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", "litejobs: error: no job with id 777\n")
+    piped = subprocess.run(f"{sys.executable} -m litejobs --db {path} jobs --limit 100 | head -n 1", shell=True,
+                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=HERE), timeout=60)
+    assert piped.stdout.startswith("ID") and "Traceback" not in piped.stderr
+    watch = subprocess.Popen([sys.executable, "-m", "litejobs", "--db", path, "stats", "--watch"],
+                             stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=HERE))
+    first_screen = ""
+    while "default" not in first_screen:
+        first_screen += watch.stdout.readline()
+    watch.send_signal(signal.SIGINT)
+    assert watch.wait(timeout=30) == 0
+    assert "QUEUE" in first_screen and "Ctrl-C" in first_screen
+
+
+# -- the worker's decisions, stepped on injected time (no I/O) -----------------
+
+
+def test_every_kind_of_request_counts_as_something_to_send():
+    assert worker_request(names=["x"]).asks_nothing()
+    assert not worker_request(prune_before=0.0).asks_nothing()  # a falsy value still asks
+    for field in dataclasses.fields(worker_request()):
+        if field.name not in ("names", "answer"):  # what it asks, not what it is told
+            value = {"bool": True, "float | None": 1.0}.get(field.type, [1])
+            if field.name == "wants":
+                value = {"default": 1}
+            assert not worker_request(**{field.name: value}).asks_nothing(), field.name
+
+
+def test_planner_claims_everywhere_at_first_then_only_where_claims_came_back_full():
+    planner = new_planner()
+    request = planner.plan(T0, 100.0, (), ())
+    assert request.wants == {"default": 2, "email": 1} and request.housekeeping
+    planner.took(request, store_answer(T0, {"default": [claimed_row(1), claimed_row(2)], "email": []}), 100.0, ())
+    planner.running["default"] = 2  # the worker started both
+    assert planner.unclaimed == {"default"} and not planner.go_again()  # full, and no slot free
+    assert planner.plan(T0, 100.1, (), ()).wants == {}
+    planner.running["default"] = 1  # one finished: its queue may hold more
+    assert planner.go_again() and planner.plan(T0, 100.2, (), ()).wants == {"default": 1}
+
+
+def test_planner_asks_a_full_queue_again_when_a_slot_frees_after_a_wake_up():
+    planner = new_planner({"default": 1})
+    planner.running["default"] = 1
+    planner.something_changed()  # an enqueue while the only slot is busy
+    assert planner.plan(T0, 0.0, (), ()).wants == {}
+    planner.running["default"] = 0
+    assert planner.plan(T0, 0.1, (), ()).wants == {"default": 1}  # not forgotten meanwhile
+
+
+def test_planner_housekeeping_and_sleep_run_on_the_monotonic_clock():
+    planner = new_planner()
+    assert planner.plan(T0, 10.0, (), ()).housekeeping
+    assert not planner.plan(T0 - 600, 10.5, (), ()).housekeeping  # a wall-clock step back changes nothing
+    assert planner.sleep_for(T0 - 600, 10.5) == pytest.approx(0.5)
+    assert planner.plan(T0 - 600, 11.0, (), ()).housekeeping  # a second later on the monotonic clock
+
+
+def test_planner_sleeps_until_the_next_due_time_it_knows():
+    planner = new_planner()
+    request = planner.plan(T0, 0.0, (), ())
+    planner.took(request, store_answer(T0, {"default": [], "email": []}, next_due=T0 + 0.25), 0.0, ())
+    assert planner.sleep_for(T0, 0.0) == pytest.approx(0.25)
+    assert planner.plan(T0 + 0.25, 0.25, (), ()).wants == {"default": 2, "email": 1}
+
+
+def test_planner_keeps_a_due_time_that_a_late_trip_did_not_claim_for():
+    planner = new_planner()
+    answer = store_answer(T0, {"default": [], "email": []}, next_due=T0 + 1)
+    planner.took(planner.plan(T0, 0.0, (), ()), answer, 0.0, ())
+    request = planner.plan(T0 + 0.5, 0.5, (), ())  # no claim: nothing due yet
+    assert request.wants == {}
+    planner.took(request, store_answer(T0 + 2, next_due=None), 2.0, ())  # answered after the due time
+    assert planner.plan(T0 + 2, 2.0, (), ()).wants == {"default": 2, "email": 1}
+
+
+def test_planner_fails_an_expired_attempt_only_once_seen_so_for_the_confirm_time():
+    planner = new_planner()
+    expired = [expiry(7, 1, T0 - 5)]
+    request = planner.plan(T0, 0.0, (), ())
+    planner.took(request, store_answer(T0, expired=expired), 0.0, ())
+    assert planner.plan(T0, 1.0, (), ()).reap == []  # seen once: a suspect
+    planner.took(planner.plan(T0, 2.0, (), ()), store_answer(T0, expired=expired), 2.0, ())
+    assert planner.plan(T0, 3.0, (), ()).reap == expired  # seen expired since 0.0, and it is 3.0
+    # Its owner wrote a new deadline meanwhile: the watch starts again.
+    planner = new_planner()
+    planner.took(planner.plan(T0, 0.0, (), ()), store_answer(T0, expired=expired), 0.0, ())
+    renewed = [expiry(7, 1, T0 - 1)]
+    planner.took(planner.plan(T0, 2.0, (), ()), store_answer(T0, expired=renewed), 2.0, ())
+    assert planner.plan(T0, 3.0, (), ()).reap == []
+
+
+def test_planner_never_suspects_its_own_attempts():
+    planner = new_planner()
+    own = [running_attempt(7, started=0.0)]
+    planner.took(planner.plan(T0, 0.0, own, ()), store_answer(T0, expired=[expiry(7, 1, T0 - 5)]), 0.0, own)
+    assert planner.suspects == {}
+
+
+def test_planner_re_expresses_running_deadlines_after_a_clock_step():
+    planner = new_planner()
+    planner.plan(T0, 0.0, (), ())
+    attempt = running_attempt(7, started=0.0, timeout_ms=10_000)  # claimed then
+    assert planner.plan(T0 + 0.1, 0.1, [attempt], ()).renew == ()  # the clock is where it was
+    assert planner.plan(T0 + 0.2, 0.2, [attempt], ()).renew == ()
+    request = planner.plan(T0 + 64, 4.0, [attempt], ())  # the wall clock jumped a minute ahead
+    assert request.renew == [(7, 1, pytest.approx(6.0))]  # 10 s of TIMEOUT, 4 s of them gone
+    assert planner.plan(T0 + 64.5, 4.5, [attempt], ()).renew == ()
+
+
+def test_planner_asks_nothing_of_a_stopping_worker_but_its_outcomes():
+    planner = new_planner()
+    planner.plan(T0, 0.0, (), ())
+    planner.stopping = True
+    request = planner.plan(T0 + 5, 5.0, (), ())
+    assert request.wants == {} and not request.housekeeping and request.asks_nothing()
+    outcome = success(claimed_row(1))
+    assert planner.plan(T0 + 5, 5.1, (), [outcome]).outcomes == [outcome]
+
+
+# -- what litejobs relies on in aiosqlite --------------------------------------
+
+
+def test_what_litejobs_relies_on_in_aiosqlite(db):
+    # Store runs each transaction as one function on aiosqlite's thread,
+    # through Connection._execute and _conn, which aiosqlite does not
+    # document.  A release that changes them fails here, not in a worker.
+    import aiosqlite
+
+    async def main():
+        conn = await aiosqlite.connect(db, isolation_level=None)
+        raw = conn._conn
+        assert isinstance(raw, sqlite3.Connection)
+        where = await conn._execute(lambda a, b=0: (threading.current_thread(), a + b), 1, b=2)
+        assert where[0] is not threading.current_thread() and where[1] == 3
+        with pytest.raises(ZeroDivisionError):
+            await conn._execute(lambda: 1 / 0)
+        await conn.close()
+        with pytest.raises(ValueError):
+            conn._conn  # noqa: B018 (the property raises once closed)
+
+    run(main())
+
+
+# -- a property test: the store against a model of SPEC section 2 --------------
 
 
 class StoreAgainstModel(RuleBasedStateMachine):
@@ -2918,7 +3636,7 @@ class StoreAgainstModel(RuleBasedStateMachine):
 
     def exchange(self, **request):
         request.setdefault("names", ["m"])
-        return self.store._run(litejobs._exchange, litejobs._Request(**request), self.clock)
+        return round_trip_sync(self.store, **request)
 
     def running(self):
         return sorted(i for i, job in self.model.items() if job["state"] == "running")
@@ -2926,8 +3644,9 @@ class StoreAgainstModel(RuleBasedStateMachine):
     def claimed(self, job_id):
         """The job as its claim returned it, from the model."""
         job = self.model[job_id]
-        return litejobs._Claimed(job_id, "m", "q", "{}", job["attempts"], job["lease"], job["max_retries"],
-                                 job["backoff"].kind, float(job["backoff"].value), 1000, 0, job["run_at"])
+        return claimed_row(job_id, name="m", queue="q", attempts=job["attempts"], lease=job["lease"],
+                           max_retries=job["max_retries"], backoff=job["backoff"], timeout_ms=1000,
+                           run_at=job["run_at"])
 
     def fail_in_model(self, job, delay=None, dead_now=False):
         retries_left = job["max_retries"] is None or job["attempts"] <= job["max_retries"]
@@ -2963,12 +3682,12 @@ class StoreAgainstModel(RuleBasedStateMachine):
                      if job["state"] == "pending" and job["run_at"] <= self.clock.now)
         expected = [i for _, i in due[:n]]
         claimed = self.exchange(wants={"q": n}).claimed["q"]
-        assert [row[0] for row in claimed] == expected
+        assert [row.id for row in claimed] == expected
         for row in claimed:
-            job = self.model[row[0]]
-            job.update(state="running", attempts=job["attempts"] + 1, lease=row[5],
-                       deadline=self.clock.now + 1 + GRACE)
-            assert row[4] == job["attempts"]
+            job = self.model[row.id]
+            job.update(state="running", attempts=job["attempts"] + 1, lease=row.lease,
+                       deadline=self.clock.now + 1 + WATCHDOG_GRACE)
+            assert row.attempts == job["attempts"]
 
     @precondition(lambda self: self.running())
     @rule(data=st.data(), how=st.sampled_from(["success", "failure", "retry_now", "retry_later", "abort"]))
@@ -2977,12 +3696,11 @@ class StoreAgainstModel(RuleBasedStateMachine):
         job = self.model[job_id]
         limits = self.claimed(job_id)
         if how == "success":
-            outcome = litejobs._Outcome(job_id, job["lease"], "done", "success", "m", "q", job["attempts"])
+            outcome = success(limits)
             job["state"] = "done"
         else:
             delay = {"retry_now": 0, "retry_later": 7}.get(how)
-            outcome = litejobs._failure_outcome(limits, "boom", "failure", requested_delay=delay,
-                                                dead_now=how == "abort")
+            outcome = failure(limits, requested_delay=delay, dead_now=how == "abort")
             self.fail_in_model(job, delay, dead_now=how == "abort")
         assert len(self.exchange(outcomes=[outcome]).written) == 1
 
@@ -2995,14 +3713,14 @@ class StoreAgainstModel(RuleBasedStateMachine):
         for job_id in self.running():
             job = self.model[job_id]
             limits = self.claimed(job_id)
-            outcomes.append(litejobs._failure_outcome(limits, "boom", "failure"))
+            outcomes.append(failure(limits))
             self.fail_in_model(job)
         self.exchange(outcomes=outcomes)
 
     @precondition(lambda self: self.running())
     @rule(then_claim_again=st.booleans())
     def watchdog(self, then_claim_again):
-        self.clock.advance(1 + GRACE)
+        self.clock.advance(1 + WATCHDOG_GRACE)
         for job_id in self.running():
             job = self.model[job_id]
             if job["deadline"] <= self.clock.now:
@@ -3021,7 +3739,7 @@ class StoreAgainstModel(RuleBasedStateMachine):
         job_id = data.draw(st.sampled_from(self.running()))
         job = self.model[job_id]
         self.exchange(renew=[(job_id, job["lease"], left)])
-        job["deadline"] = self.clock.now + left + GRACE
+        job["deadline"] = self.clock.now + left + WATCHDOG_GRACE
 
     def stale_of_running_jobs(self):
         return [(i, lease) for i, lease in self.stale if self.model.get(i, {}).get("state") == "running"]
@@ -3030,14 +3748,14 @@ class StoreAgainstModel(RuleBasedStateMachine):
     @rule(data=st.data())
     def late_outcome_while_the_job_runs_again(self, data):
         job_id, lease = data.draw(st.sampled_from(self.stale_of_running_jobs()))
-        outcome = litejobs._Outcome(job_id, lease, "done", "success", "m", "q", 1)
+        outcome = success(claimed_row(job_id, name="m", queue="q", lease=lease))
         assert self.exchange(outcomes=[outcome]).written == []
 
     @precondition(lambda self: self.stale)
     @rule(data=st.data())
     def late_outcome_changes_nothing(self, data):
         job_id, lease = data.draw(st.sampled_from(self.stale))
-        outcome = litejobs._Outcome(job_id, lease, "done", "success", "m", "q", 1)
+        outcome = success(claimed_row(job_id, name="m", queue="q", lease=lease))
         assert self.exchange(outcomes=[outcome]).written == []
 
     @precondition(lambda self: self.model)
@@ -3082,33 +3800,7 @@ StoreAgainstModel.TestCase.settings = settings(max_examples=100, stateful_step_c
 test_store_against_model = StoreAgainstModel.TestCase
 
 
-def test_concurrent_enqueues_share_transactions(db, monkeypatch):
-    transactions = []
-    insert = litejobs._insert_jobs
-
-    def counting_insert(conn, rows, clock):
-        transactions.append(len(rows))
-        return insert(conn, rows, clock)
-
-    monkeypatch.setattr(litejobs, "_insert_jobs", counting_insert)
-
-    async def main():
-        async with litejobs.connect(db) as store:
-            ids = await asyncio.gather(*(store.enqueue(Echo(i)) for i in range(100)))
-            assert len(set(ids)) == 100
-            assert [(await store.get(job_id)).payload["value"] for job_id in ids] == list(range(100))
-            assert sum(transactions) == 100 and len(transactions) < 10  # group commit
-
-            # A failed transaction fails every caller in it, and stores nothing.
-            pages = (await store._db.execute_fetchall("PRAGMA page_count"))[0][0]
-            await set_max_pages(store, pages)
-            results = await asyncio.gather(*(store.enqueue(Echo("x" * 3000)) for _ in range(20)),
-                                           return_exceptions=True)
-            await set_max_pages(store, 1073741823)
-            assert all(isinstance(r, litejobs.StoreError) for r in results[1:])
-            assert len(await store.jobs(limit=1000)) == 100 + sum(isinstance(r, int) for r in results)
-
-    run(main())
+# -- the benchmark script ------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -3122,573 +3814,6 @@ def test_benchmark_script_still_runs(tmp_path):
     assert len(figures) > 20
     for line in ("drain c=256", "await enqueue, 100 concurrent tasks", "pick-up p50, same process"):
         assert line in result.stdout
-
-
-# -- regressions found in the review of the speed work ----------------------------
-
-
-def test_own_outcome_wins_over_the_watchdog_in_one_batch(db):
-    clock = FakeClock()
-
-    async def main():
-        async with litejobs.connect(db, clock=clock) as store:
-            job_id = await store.enqueue(Echo(42))
-            row = (await store.exchange(litejobs._Request(wants={"default": 1}, names=["echo"]))).claimed["default"][0]
-            clock.advance(60)  # the outcome reaches the store after the deadline
-            done = row.outcome("done", "success", result="42")
-            answer = await store.exchange(litejobs._Request(outcomes=[done], names=["echo"], housekeeping=True))
-            assert [(o.event, o.state) for o in answer.written] == [("success", "done")]
-            info = await store.get(job_id)
-            assert (info.state, info.result, info.attempts) == ("done", 42, 1)
-            stats = (await store.stats())["default"]
-            assert (stats.done_counts.all_time, stats.dead_counts.all_time) == (1, 0)
-
-    run(main())
-
-
-def test_bad_priorities_are_refused_even_when_falsy():
-    for bad in (None, "", 0.0, [], True, 2**63):
-        with pytest.raises(ValueError, match="priority must be an int"):
-            litejobs.new_job(Noop(), priority=bad)
-
-
-def test_a_caller_whose_rows_break_a_shared_transaction_fails_alone(db, monkeypatch):
-    insert = litejobs._insert_jobs
-
-    def picky_insert(conn, rows, clock):
-        if any("poison" in row.payload for row in rows):
-            raise sqlite3.IntegrityError("poisoned row")
-        return insert(conn, rows, clock)
-
-    monkeypatch.setattr(litejobs, "_insert_jobs", picky_insert)
-
-    async def main():
-        async with litejobs.connect(db) as store:
-            results = await asyncio.gather(*(store.enqueue(Echo("poison" if i == 5 else i)) for i in range(20)),
-                                           return_exceptions=True)
-            assert [type(r).__name__ for r in results].count("StoreError") == 1
-            assert isinstance(results[5], litejobs.StoreError)
-            stored = sorted([(await store.get(r)).payload["value"] for r in results if isinstance(r, int)])
-            assert stored == [i for i in range(20) if i != 5]
-
-    run(main())
-
-
-def test_error_text_with_a_nul_character_is_kept_whole(db):
-    @dataclass
-    class Nul(litejobs.Job):
-        NAME = "nul_error"
-        MAX_RETRIES = litejobs.Count(0)
-
-        async def run(self, state):
-            raise ValueError("before\x00after")
-
-    async def main():
-        async with litejobs.connect(db) as store:
-            job_id = await store.enqueue(Nul())
-            async with litejobs.Worker(store, [Nul]):
-                info = await wait_state(store, job_id, "dead")
-            assert "before\\x00after" in info.last_error
-
-    run(main())
-
-
-def test_enqueue_does_not_depend_on_sqlite_sequence(db):
-    async def main():
-        async with litejobs.connect(db) as store:
-            first = await store.enqueue_many([Echo(1), Echo(2)])
-            await store._db.execute("DELETE FROM sqlite_sequence")  # "reset the counter"
-            more = await store.enqueue_many([Echo(3), Echo(4)])
-            assert more[0] > first[-1]
-            assert [(await store.get(i)).payload["value"] for i in first + more] == [1, 2, 3, 4]
-
-    run(main())
-
-
-def test_worker_on_a_relative_path_still_sees_other_processes_after_chdir(tmp_path, monkeypatch):
-    monkeypatch.setattr(litejobs, "_WATCHDOG_INTERVAL", 3600)  # only the watcher can see it
-    monkeypatch.chdir(tmp_path)
-
-    async def main():
-        async with litejobs.connect("relative.db") as store:
-            async with litejobs.Worker(store, [Noop], poll_interval=0.01):
-                await asyncio.sleep(0.05)
-                os.chdir("/")
-                async with litejobs.connect(str(tmp_path / "relative.db")) as other:
-                    job_id = await other.enqueue(Noop())
-                await wait_state(store, job_id, "done")
-
-    run(main())
-
-
-def test_an_old_sqlite_is_refused_at_connect_with_a_plain_message(db, monkeypatch):
-    monkeypatch.setattr(litejobs, "_SQLITE_HAS_RETURNING", False)
-
-    async def main():
-        with pytest.raises(litejobs.StoreError, match="needs SQLite 3.35 or newer"):
-            await litejobs.connect(db)
-
-    run(main())
-
-
-# -- the worker keeps its promises: defects found in review, each with its test ----
-
-
-def test_error_text_with_an_undecodable_file_name_is_kept_and_the_worker_goes_on(db):
-    file_name = os.fsdecode(b"caf\xe9.txt")  # Python's own name for an undecodable file: a lone surrogate
-
-    @dataclass
-    class Surrogates(litejobs.Job):
-        NAME = "surrogates"
-        MAX_RETRIES = litejobs.Count(0)
-        how: str
-
-        async def run(self, state):
-            if self.how == "raise":
-                raise ValueError(f"cannot process {file_name}")
-            if self.how == "abort":
-                raise litejobs.Abort(f"bad file {file_name}")
-            raise litejobs.Retry(0, f"again {file_name}")
-
-    async def main():
-        async with litejobs.connect(db) as store:
-            ids = [await store.enqueue(Surrogates(how)) for how in ("raise", "abort", "retry")]
-            after = await store.enqueue(Echo("still serving"))
-            async with litejobs.Worker(store, [Surrogates, Echo]):
-                for job_id in ids:
-                    info = await wait_state(store, job_id, "dead", attempts=1)
-                    assert "caf\\udce9.txt" in info.last_error
-                assert (await wait_state(store, after, "done")).result == "still serving"
-
-    run(main())
-
-
-def test_cancelling_run_while_a_claim_is_in_flight_leaves_nothing_running(db, monkeypatch):
-    Failing = failing_job(litejobs.Count(0))
-    claimed, release = threading.Event(), threading.Event()
-    real_exchange = litejobs._exchange
-
-    def exchange_that_stalls_after_claiming(conn, request, clock):
-        answer = real_exchange(conn, request, clock)
-        if any(answer.claimed.values()):  # committed: the worker is cancelled before it hears back
-            claimed.set()
-            release.wait(10)
-        return answer
-
-    monkeypatch.setattr(litejobs, "_exchange", exchange_that_stalls_after_claiming)
-
-    async def main():
-        async with litejobs.connect(db) as store:
-            job_id = await store.enqueue(Failing())
-            task = asyncio.ensure_future(litejobs.Worker(store, [Failing]).run(handle_signals=False))
-            assert await asyncio.to_thread(claimed.wait, 10)
-            task.cancel()
-            release.set()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            info = await store.get(job_id)
-            assert (info.state, info.attempts) == ("pending", 0)  # handed back unspent, never run
-
-    run(main())
-
-
-def test_a_wall_clock_step_forward_never_gets_a_live_attempt_reaped(db):
-    clock = FakeClock()
-    runs = []
-
-    @dataclass
-    class Long(litejobs.Job):
-        NAME = "long"
-        TIMEOUT = 60_000
-
-        async def run(self, state):
-            runs.append(litejobs.current().attempt)
-            state.started.set()
-            await state.release.wait()
-
-    async def main():
-        state = type("State", (), {})()
-        state.started, state.release = asyncio.Event(), asyncio.Event()
-        async with litejobs.connect(db, clock=clock) as store:
-            job_id = await store.enqueue(Long())
-            async with litejobs.Worker(store, [Long], state=state):
-                await state.started.wait()
-                clock.advance(120)  # the wall clock steps two minutes ahead: the deadline looks gone
-                async with litejobs.Worker(store, [Long], state=state):  # another worker's watchdog looks
-                    await asyncio.sleep(litejobs._WATCHDOG_CONFIRM + 3 * litejobs._WATCHDOG_INTERVAL)
-                assert ((await store.get(job_id)).state, runs) == ("running", [1])
-                state.release.set()
-                await wait_state(store, job_id, "done", attempts=1)
-        assert runs == [1]
-
-    run(main())
-
-
-def test_a_wall_clock_step_backward_does_not_pause_the_watchdog(db):
-    clock = FakeClock()
-
-    @dataclass
-    class Quick(litejobs.Job):
-        NAME = "quick"
-        TIMEOUT = 1000
-        BACKOFF = litejobs.Linear(3600)
-
-        async def run(self, state):
-            return None
-
-    async def main():
-        async with litejobs.connect(db, clock=clock) as store:
-            async with litejobs.Worker(store, [Noop]):
-                await asyncio.sleep(0.1)  # its first housekeeping is behind it
-                clock.advance(-600)  # the wall clock steps ten minutes back
-                # A process that claims a job and dies at once.
-                job_id = await store.enqueue(Quick())
-                await store.exchange(litejobs._Request(wants={"default": 1}, names=["quick"]))
-                clock.advance(1 + litejobs._WATCHDOG_GRACE)
-                info = await wait_state(store, job_id, "pending", attempts=1)
-                assert "failed by the watchdog" in info.last_error
-
-    run(main())
-
-
-def test_one_sigterm_stops_every_worker_of_the_process(tmp_path, db):
-    script = tmp_path / "two_workers.py"
-    script.write_text(textwrap.dedent(f"""
-        import asyncio, sys
-        from dataclasses import dataclass
-        sys.path.insert(0, {HERE!r})
-        import litejobs
-
-        @dataclass
-        class Slow(litejobs.Job):
-            NAME = "slow"
-            QUEUE = "a"
-            async def run(self, state):
-                await asyncio.sleep(0.5)
-
-        @dataclass
-        class SlowToo(Slow):
-            NAME = "slow_too"
-            QUEUE = "b"
-
-        async def main():
-            async with litejobs.connect({db!r}) as store:
-                await asyncio.gather(litejobs.Worker(store, [Slow]).run(), litejobs.Worker(store, [SlowToo]).run())
-
-        asyncio.run(main())
-    """))
-    with litejobs.connect_sync(db) as store:  # the jobs, as a process without their classes describes them
-        ids = store.enqueue_many([litejobs.NewJob(name, queue, "{}", litejobs.Count(0), litejobs.Linear(0), 15_000)
-                                  for name, queue in (("slow", "a"), ("slow_too", "b"))])
-    proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
-    try:
-        with litejobs.connect_sync(db) as store:
-            deadline = time.monotonic() + 15
-            while any(store.get(job_id).state != "running" for job_id in ids) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            proc.send_signal(signal.SIGTERM)  # once, while both workers run a job
-            assert proc.wait(timeout=15) == 0, proc.stderr.read()
-            assert [(store.get(job_id).state, store.get(job_id).attempts) for job_id in ids] == [("done", 1)] * 2
-    finally:
-        proc.kill()
-
-
-def test_graceful_stop_waits_for_a_thread_job_rather_than_run_it_twice(db, caplog):
-    release = threading.Event()
-    runs = []
-
-    @dataclass
-    class InAThread(litejobs.Job):
-        NAME = "in_a_thread"
-        TIMEOUT = 30_000
-
-        def run(self, state):
-            runs.append(litejobs.current().attempt)
-            release.wait(20)
-            return "finished"
-
-    async def main():
-        async with litejobs.connect(db) as store:
-            job_id = await store.enqueue(InAThread())
-            async with litejobs.Worker(store, [InAThread], shutdown_timeout=0.05) as worker:
-                await wait_state(store, job_id, "running")
-                worker.stop()
-
-                async def shutdown_timeout_passed():
-                    return any("shutdown timeout" in record.getMessage() for record in caplog.records)
-
-                await wait_until(shutdown_timeout_passed, "the shutdown timeout to pass")
-                release.set()  # the thread could not be stopped; it finishes now
-            info = await store.get(job_id)
-            assert (info.state, info.attempts, info.result) == ("done", 1, "finished")
-            assert runs == [1]
-
-    with caplog.at_level("WARNING", logger="litejobs"):
-        run(main())
-
-
-def test_a_job_asked_to_stop_ends_cancelled_even_with_no_retry_left(db):
-    clock = FakeClock()
-    Failing = failing_job(litejobs.Count(0))
-
-    async def main():
-        async with litejobs.connect(db, clock=clock) as store:
-            wants = litejobs._Request(wants={"default": 2}, names=["failing"])
-            first, second = await store.enqueue_many([Failing(), Failing()])
-            rows = (await store.exchange(wants)).claimed["default"]
-            assert await store.cancel(first) == await store.cancel(second) == "running"
-            # The first fails before its worker sees the request; the second's
-            # process dies and the watchdog fails it.
-            failed = litejobs._failure_outcome(rows[0], "boom", "failure")
-            await store.exchange(litejobs._Request(outcomes=[failed]))
-            clock.advance(60)
-            expired = (await store.exchange(litejobs._Request(housekeeping=True))).expired
-            await store.exchange(litejobs._Request(reap=expired))
-            assert [(await store.get(i)).state for i in (first, second)] == ["cancelled", "cancelled"]
-            assert (await store.stats())["default"].dead_counts.all_time == 0
-
-    run(main())
-
-
-def test_closing_the_store_under_a_running_worker_ends_run_with_a_clear_error(db):
-    @dataclass
-    class Slow(litejobs.Job):
-        NAME = "slow"
-
-        async def run(self, state):
-            await asyncio.sleep(30)
-
-    async def main():
-        store = await litejobs.connect(db)
-        job_id = await store.enqueue(Slow())
-        task = asyncio.ensure_future(litejobs.Worker(store, [Slow]).run(handle_signals=False))
-        await wait_state(store, job_id, "running")
-        await store.close()
-        with pytest.raises(litejobs.StoreError, match="closed while its worker ran"):
-            await asyncio.wait_for(task, 15)
-
-    run(main())
-
-
-def test_a_worker_that_fails_to_start_leaves_no_signal_handlers(db):
-    async def main():
-        store = await litejobs.connect(db)
-        await store.close()
-        before = [signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)]
-        with pytest.raises(litejobs.StoreError):
-            await litejobs.Worker(store, [Noop]).run()
-        assert [signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)] == before
-
-    run(main())
-
-
-def test_ticks_coalesce_while_only_workers_of_other_jobs_are_up(db):
-    clock = FakeClock()
-
-    async def main():
-        async with litejobs.connect(db, clock=clock) as store:
-            await store.every(60, Echo("tick"))
-            for _ in range(6):  # an hour's worth of a worker that knows only noop, in short
-                await store.exchange(litejobs._Request(housekeeping=True, names=["noop"]))
-                clock.advance(60)
-            assert len(await store.jobs(name="echo", state="pending")) == 1
-            async with litejobs.Worker(store, [Echo]):  # a worker that knows it runs it once
-                await wait_until(lambda: _listed(store.jobs(name="echo", state="done"), 1), "the tick to run")
-                clock.advance(60)
-                await wait_until(lambda: _listed(store.jobs(name="echo", state="done"), 2), "the next tick")
-
-    run(main())
-
-
-async def _listed(listing, n):
-    return len(await listing) == n
-
-
-def test_every_kind_of_request_counts_as_something_to_send():
-    assert litejobs._Request(names=["x"]).asks_nothing()
-    for field in dataclasses.fields(litejobs._Request):
-        if field.name != "names":
-            value = {"bool": True, "float | None": 1.0}.get(field.type, [1])
-            if field.name == "wants":
-                value = {"default": 1}
-            assert not litejobs._Request(**{field.name: value}).asks_nothing(), field.name
-
-
-def test_a_retry_due_while_a_round_trip_is_late_is_still_claimed(db, monkeypatch):
-    clock = FakeClock()
-    Failing = failing_job(litejobs.Count(1), litejobs.Linear(1))
-    real_exchange = litejobs._exchange
-    late = []
-
-    def exchange_reaching_the_store_late(conn, request, clock_):
-        waiting = conn.execute("SELECT state, attempts FROM litejobs_jobs").fetchone() == ("pending", 1)
-        if waiting and request.housekeeping and not request.wants and not late:
-            late.append(request)
-            clock.advance(2)  # the trip arrives after the retry fell due
-        return real_exchange(conn, request, clock_)
-
-    monkeypatch.setattr(litejobs, "_exchange", exchange_reaching_the_store_late)
-
-    async def main():
-        async with litejobs.connect(db, clock=clock) as store:
-            job_id = await store.enqueue(Failing())
-            async with litejobs.Worker(store, [Failing]):
-                await wait_state(store, job_id, "dead", attempts=2)
-            assert late
-
-    run(main())
-
-
-def test_compaction_folds_old_hourly_counts_and_keeps_the_totals(db):
-    clock = FakeClock()
-
-    async def main():
-        async with litejobs.connect(db, clock=clock) as store:
-            await store.enqueue_many([Echo(1), Echo(2)])
-            async with litejobs.Worker(store, [Echo]):
-                await wait_state(store, 2, "done")
-            clock.advance(70 * 86_400)  # past the two months that keep hourly detail
-            await store.exchange(litejobs._Request(compact=True))
-            assert (await store.stats())["default"].done_counts == litejobs.JobStat(0, 0, 0, 2)
-
-    run(main())
-    hours = [row[0] for row in sqlite3.connect(db).execute("SELECT hour FROM litejobs_counts")]
-    assert hours == [0]
-
-
-# -- the worker's decisions, stepped on injected time (no I/O) ---------------------
-
-
-def _planner(capacity=None, keep_done=86_400):
-    capacity = {"default": 2, "email": 1} if capacity is None else capacity
-    return litejobs._Planner(capacity, ["noop"], keep_done)
-
-
-def _answer(now, claimed=None, next_due=None, expired=(), written=()):
-    return litejobs._Exchange(now=now, data_version=1, claimed=claimed or {}, next_due=next_due,
-                              expired=list(expired), written=list(written))
-
-
-def _claimed_row(job_id, queue="default", lease=1, timeout_ms=10_000):
-    return litejobs._Claimed(job_id, "noop", queue, "{}", 1, lease, 5, "linear", 0.0, timeout_ms, 0, T0)
-
-
-def _running(job_id, started, lease=1, timeout_ms=10_000):
-    from types import SimpleNamespace
-
-    return SimpleNamespace(claimed=_claimed_row(job_id, lease=lease, timeout_ms=timeout_ms),
-                           timeout=timeout_ms / 1000, started=started)
-
-
-def test_planner_claims_everywhere_at_first_then_only_where_claims_came_back_full():
-    planner = _planner()
-    request = planner.plan(T0, 100.0, (), ())
-    assert request.wants == {"default": 2, "email": 1} and request.housekeeping
-    planner.took(request, _answer(T0, {"default": [_claimed_row(1), _claimed_row(2)], "email": []}), 100.0, ())
-    planner.running["default"] = 2  # the worker started both
-    assert planner.unclaimed == {"default"} and not planner.go_again()  # full, and no slot free
-    assert planner.plan(T0, 100.1, (), ()).wants == {}
-    planner.running["default"] = 1  # one finished: its queue may hold more
-    assert planner.go_again() and planner.plan(T0, 100.2, (), ()).wants == {"default": 1}
-
-
-def test_planner_asks_a_full_queue_again_when_a_slot_frees_after_a_wake_up():
-    planner = _planner({"default": 1})
-    planner.running["default"] = 1
-    planner.something_changed()  # an enqueue while the only slot is busy
-    assert planner.plan(T0, 0.0, (), ()).wants == {}
-    planner.running["default"] = 0
-    assert planner.plan(T0, 0.1, (), ()).wants == {"default": 1}  # not forgotten meanwhile
-
-
-def test_planner_housekeeping_and_sleep_run_on_the_monotonic_clock():
-    planner = _planner()
-    assert planner.plan(T0, 10.0, (), ()).housekeeping
-    assert not planner.plan(T0 - 600, 10.5, (), ()).housekeeping  # a wall-clock step back changes nothing
-    assert planner.sleep_for(T0 - 600, 10.5) == pytest.approx(0.5)
-    assert planner.plan(T0 - 600, 11.0, (), ()).housekeeping  # a second later on the monotonic clock
-
-
-def test_planner_sleeps_until_the_next_due_time_it_knows():
-    planner = _planner()
-    request = planner.plan(T0, 0.0, (), ())
-    planner.took(request, _answer(T0, {"default": [], "email": []}, next_due=T0 + 0.25), 0.0, ())
-    assert planner.sleep_for(T0, 0.0) == pytest.approx(0.25)
-    assert planner.plan(T0 + 0.25, 0.25, (), ()).wants == {"default": 2, "email": 1}
-
-
-def test_planner_keeps_a_due_time_that_a_late_trip_did_not_claim_for():
-    planner = _planner()
-    planner.took(planner.plan(T0, 0.0, (), ()), _answer(T0, {"default": [], "email": []}, next_due=T0 + 1), 0.0, ())
-    request = planner.plan(T0 + 0.5, 0.5, (), ())  # no claim: nothing due yet
-    assert request.wants == {}
-    planner.took(request, _answer(T0 + 2, next_due=None), 2.0, ())  # answered after the due time
-    assert planner.plan(T0 + 2, 2.0, (), ()).wants == {"default": 2, "email": 1}
-
-
-def test_planner_fails_an_expired_attempt_only_once_seen_so_for_the_confirm_time():
-    planner = _planner()
-    expired = [litejobs._Expiry(7, 1, T0 - 5)]
-    request = planner.plan(T0, 0.0, (), ())
-    planner.took(request, _answer(T0, expired=expired), 0.0, ())
-    assert planner.plan(T0, 1.0, (), ()).reap == []  # seen once: a suspect
-    planner.took(planner.plan(T0, 2.0, (), ()), _answer(T0, expired=expired), 2.0, ())
-    assert planner.plan(T0, 3.0, (), ()).reap == expired  # seen expired since 0.0, and it is 3.0
-    # Its owner wrote a new deadline meanwhile: the watch starts again.
-    planner = _planner()
-    planner.took(planner.plan(T0, 0.0, (), ()), _answer(T0, expired=expired), 0.0, ())
-    renewed = [litejobs._Expiry(7, 1, T0 - 1)]
-    planner.took(planner.plan(T0, 2.0, (), ()), _answer(T0, expired=renewed), 2.0, ())
-    assert planner.plan(T0, 3.0, (), ()).reap == []
-
-
-def test_planner_never_suspects_its_own_attempts():
-    planner = _planner()
-    own = [_running(7, started=0.0)]
-    planner.took(planner.plan(T0, 0.0, own, ()), _answer(T0, expired=[litejobs._Expiry(7, 1, T0 - 5)]), 0.0, own)
-    assert planner.suspects == {}
-
-
-def test_planner_re_expresses_running_deadlines_after_a_clock_step():
-    planner = _planner()
-    planner.plan(T0, 0.0, (), ())
-    attempt = _running(7, started=0.0, timeout_ms=10_000)  # claimed then
-    assert planner.plan(T0 + 0.1, 0.1, [attempt], ()).renew == ()  # the clock is where it was
-    assert planner.plan(T0 + 0.2, 0.2, [attempt], ()).renew == ()
-    request = planner.plan(T0 + 64, 4.0, [attempt], ())  # the wall clock jumped a minute ahead
-    assert request.renew == [(7, 1, pytest.approx(6.0))]  # 10 s of TIMEOUT, 4 s of them gone
-    assert planner.plan(T0 + 64.5, 4.5, [attempt], ()).renew == ()
-
-
-def test_planner_asks_nothing_of_a_stopping_worker_but_its_outcomes():
-    planner = _planner()
-    planner.plan(T0, 0.0, (), ())
-    planner.stopping = True
-    request = planner.plan(T0 + 5, 5.0, (), ())
-    assert request.wants == {} and not request.housekeeping and request.asks_nothing()
-    outcome = _claimed_row(1).outcome("done", "success")
-    assert planner.plan(T0 + 5, 5.1, (), [outcome]).outcomes == [outcome]
-
-
-def test_what_litejobs_relies_on_in_aiosqlite(db):
-    # Store runs each transaction as one function on aiosqlite's thread,
-    # through Connection._execute and _conn, which aiosqlite does not
-    # document.  A release that changes them fails here, not in a worker.
-    import aiosqlite
-
-    async def main():
-        conn = await aiosqlite.connect(db, isolation_level=None)
-        raw = conn._conn
-        assert isinstance(raw, sqlite3.Connection)
-        where = await conn._execute(lambda a, b=0: (threading.current_thread(), a + b), 1, b=2)
-        assert where[0] is not threading.current_thread() and where[1] == 3
-        with pytest.raises(ZeroDivisionError):
-            await conn._execute(lambda: 1 / 0)
-        await conn.close()
-        with pytest.raises(ValueError):
-            conn._conn  # noqa: B018 (the property raises once closed)
-
-    run(main())
 
 
 # -- the enqueue path: the loop's own connection, batching, checkpoints ------------
@@ -3735,7 +3860,7 @@ def test_only_jobs_due_later_than_their_creation_are_indexed_by_due_time(db):
         async with litejobs.connect(db, clock=clock) as store:
             await store.enqueue_many([Echo(1), Echo(2)])
             later = await store.enqueue(Echo(3), delay=60)
-            answer = await store.exchange(litejobs._Request(wants={"default": 0}, names=["echo"]))
+            answer = await round_trip(store, wants={"default": 0}, names=["echo"])
             assert answer.next_due == T0 + 60
             return later
 
