@@ -33,7 +33,7 @@ Released under the MIT licence (see LICENSE).
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = [
     "Abort",
     "Backoff",
@@ -68,6 +68,7 @@ __all__ = [
 ]
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -274,9 +275,10 @@ _SQL_FIND_UNIQUE = """
 _SQL_GET_JOB = f"SELECT {_JOB_COLUMNS} FROM litejobs_jobs WHERE id = ?"
 
 
-# SQLite allows 500 terms in one compound SELECT; a worker with more job
-# names than this claims with one IN list instead, walking past other names.
-_MAX_NAMES_PER_CLAIM = 400
+# Past this many job names the per-name claim costs more than it saves (and
+# SQLite allows 500 terms in one compound SELECT): a worker with more names
+# claims with one IN list instead, walking past jobs of other names.
+_MAX_NAMES_PER_CLAIM = 64
 
 
 @functools.cache
@@ -313,7 +315,7 @@ def _sql_claim(name_count: int) -> str:
            SET state = 'running', attempts = attempts + 1, lease = lease + 1,
                started_at = ?1, deadline = ?1 + timeout_ms / 1000.0 + {_WATCHDOG_GRACE}
          WHERE id IN ({choose})
-        RETURNING id, name, queue, payload, attempts, lease, max_retries,
+        RETURNING id, name, queue, CAST(payload AS BLOB), attempts, lease, max_retries,
                   backoff, backoff_value, timeout_ms, priority, run_at"""
 
 
@@ -350,7 +352,7 @@ _SQL_RECORD_OUTCOMES = """
 _SQL_EXPIRED = "SELECT id, lease, deadline FROM litejobs_jobs WHERE state = 'running' AND deadline <= ?"
 
 _SQL_REAPABLE = """
-    SELECT id, name, queue, payload, attempts, lease, max_retries, backoff, backoff_value, timeout_ms,
+    SELECT id, name, queue, CAST(payload AS BLOB), attempts, lease, max_retries, backoff, backoff_value, timeout_ms,
            priority, run_at
       FROM litejobs_jobs
      WHERE id = ? AND lease = ? AND deadline = ? AND state = 'running' AND deadline <= ?"""
@@ -407,7 +409,8 @@ _SQL_RECURRING_DUE = """
 
 _SQL_ANY_RECURRING_DUE = "SELECT 1 FROM litejobs_recurring WHERE next_run <= ? LIMIT 1"
 
-_SQL_STILL_PENDING = "SELECT 1 FROM litejobs_jobs WHERE id = ? AND state = 'pending'"
+# The last tick's job has not started yet: a new tick would only wait beside it.
+_SQL_NOT_STARTED = "SELECT 1 FROM litejobs_jobs WHERE id = ? AND state = 'pending' AND attempts = 0"
 
 
 # --------------------------------------------------------------------------
@@ -1150,7 +1153,7 @@ class _Claimed(NamedTuple):
     id: int
     name: str
     queue: str
-    payload: str
+    payload: bytes  # as stored: bytes, so that a row edited into bad UTF-8 cannot break the claim
     attempts: int  # counting this one
     lease: int  # the fencing token its outcome must present
     max_retries: int | None
@@ -1327,6 +1330,12 @@ def _open_error(path: str, exc: sqlite3.Error) -> StoreError:
     return StoreError(f"{path}: {text}")
 
 
+def _refuse_newer_schema(path: str, version: int) -> None:
+    if version > _SCHEMA_VERSION:
+        raise StoreError(f"{path} has litejobs schema version {version}, but this litejobs "
+                         f"{__version__} knows only up to {_SCHEMA_VERSION}: upgrade litejobs")
+
+
 def _open_schema(conn: sqlite3.Connection, path: str, synchronous: str, create: bool = True) -> None:
     """Check the file, switch to WAL and create the tables: reads first, so a
     file that is not ours to change is refused before anything is written.
@@ -1347,11 +1356,7 @@ def _open_schema(conn: sqlite3.Connection, path: str, synchronous: str, create: 
         version = int(row[0]) if row and str(row[0]).isdigit() else None
         if version is None:
             raise StoreError(f"{path}: litejobs_meta has no valid schema_version (was it edited by hand?)")
-        if version > _SCHEMA_VERSION:
-            raise StoreError(
-                f"{path} has litejobs schema version {version}, but this litejobs "
-                f"{__version__} knows only up to {_SCHEMA_VERSION}: upgrade litejobs"
-            )
+        _refuse_newer_schema(path, version)
     elif not create:
         raise StoreError(f"{path}: not a litejobs database (it has no litejobs tables)")
     if not create:
@@ -1369,16 +1374,15 @@ def _open_schema(conn: sqlite3.Connection, path: str, synchronous: str, create: 
         # migrated the file since the check above.
         row = conn.execute("SELECT value FROM litejobs_meta WHERE key = 'schema_version'").fetchone() \
             if "litejobs_meta" in tables else None
-        if row is not None:
-            for version in range(int(row[0]) + 1, _SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[version]:
-                    conn.execute(statement)
+        found = _SCHEMA_VERSION if row is None else int(row[0])
+        _refuse_newer_schema(path, found)
+        for version in range(found + 1, _SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[version]:
+                conn.execute(statement)
         for statement in _DDL:
             conn.execute(statement)
-        conn.execute(
-            "INSERT OR REPLACE INTO litejobs_meta (key, value) VALUES ('schema_version', ?)",
-            (str(_SCHEMA_VERSION),),
-        )
+        conn.execute("INSERT OR REPLACE INTO litejobs_meta (key, value) VALUES ('schema_version', ?)",
+                     (str(_SCHEMA_VERSION),))
 
     _with_retries(conn, create_tables, write=True)
 
@@ -1572,6 +1576,8 @@ def _set_recurring(conn: sqlite3.Connection, key: str, interval: float, row: New
            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
            ON CONFLICT (key) DO UPDATE SET
                next_run = CASE WHEN interval = excluded.interval THEN next_run ELSE excluded.next_run END,
+               last_id = CASE WHEN name = excluded.name AND queue = excluded.queue
+                                   AND payload = excluded.payload THEN last_id END,
                interval = excluded.interval, name = excluded.name, queue = excluded.queue,
                payload = excluded.payload, priority = excluded.priority, max_retries = excluded.max_retries,
                backoff = excluded.backoff, backoff_value = excluded.backoff_value, timeout_ms = excluded.timeout_ms""",
@@ -1599,7 +1605,7 @@ def _enqueue_recurring(conn: sqlite3.Connection, now: float) -> list[tuple[int, 
     ):
         missed = math.floor((now - next_run) / interval)
         tick = next_run + missed * interval
-        if last_id is None or conn.execute(_SQL_STILL_PENDING, (last_id,)).fetchone() is None:
+        if last_id is None or conn.execute(_SQL_NOT_STARTED, (last_id,)).fetchone() is None:
             last_id = _inserted_id(conn.execute(
                 _SQL_INSERT_JOB,
                 (name, queue, payload, priority, tick, max_retries, backoff, value, timeout, None, now),
@@ -1787,6 +1793,13 @@ def _set_future(future: asyncio.Future, result: Any, error: BaseException | None
             future.set_exception(error)
 
 
+def _text_to_match(value: str | None, what: str) -> str | None:
+    """A str to look for in the file; one that no row can hold is a plain error."""
+    if value is not None and not (isinstance(value, str) and _is_utf8(value)):
+        raise ValueError(f"{what} must be a str of valid UTF-8 text, got {value!r}")
+    return value
+
+
 def _check_state(state: Any, allowed: Iterable[str], what: str) -> str | None:
     if state is None:
         return None
@@ -1824,7 +1837,8 @@ class _StoreCalls:
             raise ValueError(f"limit must be an int >= 0, got {limit!r}")
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise ValueError(f"offset must be an int >= 0, got {offset!r}")
-        return self._run(_list_jobs, state, queue, name, limit, offset)
+        return self._run(_list_jobs, state, _text_to_match(queue, "queue"), _text_to_match(name, "name"),
+                         limit, offset)
 
     def retry(self, job_id: int) -> Any:
         """Put a done, dead or cancelled job back to pending with attempts reset; 1 if it was."""
@@ -1832,7 +1846,7 @@ class _StoreCalls:
 
     def retry_dead(self, queue: str | None = None) -> Any:
         """Put every dead job (of ``queue``) back to pending; returns how many."""
-        return self._run_and_wake(_retry_jobs, None, queue, self.clock, write=True)
+        return self._run_and_wake(_retry_jobs, None, _text_to_match(queue, "queue"), self.clock, write=True)
 
     def purge(self, *, state: str | JobState, older_than: float | timedelta = 0) -> Any:
         """Delete done, dead or cancelled jobs that finished over ``older_than`` ago; returns how many."""
@@ -1855,7 +1869,7 @@ class _StoreCalls:
 
     def unschedule(self, key: str) -> Any:
         """Remove a recurring schedule; True if there was one."""
-        return self._run(_unset_recurring, key, write=True)
+        return self._run(_unset_recurring, _text_to_match(key, "key"), write=True)
 
 
 class Store(_StoreCalls):
@@ -2473,16 +2487,17 @@ def _stop_on_signals(loop: asyncio.AbstractEventLoop, worker: Worker) -> bool:
         return False
     workers = _signal_workers.get(loop)
     if workers is None:
-        def stop_all() -> None:
+        def stop_all() -> None:  # a second signal forces the stop
             for each in list(_signal_workers.get(loop, ())):
-                each.stop()
+                each.stop(force=each._planner.stopping)
 
         try:
             for sig in _STOP_SIGNALS:
                 loop.add_signal_handler(sig, stop_all)
         except (NotImplementedError, RuntimeError):  # Windows, or a loop without signals
             for sig in _STOP_SIGNALS:
-                loop.remove_signal_handler(sig)
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
             return False
         workers = _signal_workers[loop] = set()
     workers.add(worker)
@@ -2679,6 +2694,7 @@ class Worker:
         self._attempts: set[_Attempt] = set()
         self._outcomes: list[_Outcome] = []  # decided, not yet written
         self._in_flight: tuple[_Request, asyncio.Future] | None = None
+        self._forced = False  # stop(force=True): hand everything back now
         self._waiter: asyncio.Future | None = None
         self._woken = False
         self._task: asyncio.Task | None = None
@@ -2687,8 +2703,15 @@ class Worker:
 
     # -- lifecycle ---------------------------------------------------------
 
-    def stop(self) -> None:
-        """Stop claiming, let running jobs finish (up to shutdown_timeout), then return."""
+    def stop(self, *, force: bool = False) -> None:
+        """Stop claiming, let running jobs finish (up to shutdown_timeout), then return.
+
+        ``force=True`` (and a second SIGINT or SIGTERM) stops at once: every
+        running job is handed back to pending unspent, ``def run`` jobs too,
+        whose threads cannot be stopped: such a job may still finish its
+        work, and run again elsewhere.
+        """
+        self._forced |= force
         self._planner.stopping = True
         self._wakeup()
 
@@ -2730,7 +2753,7 @@ class Worker:
                 await asyncio.shield(self._store.unregister_worker(self._id))
             except (StoreError, asyncio.CancelledError):
                 pass
-            self._planner.stopping = False
+            self._planner.stopping = self._forced = False
             logger.info("worker stopped")
 
     async def _make_state(self) -> Any:
@@ -2777,8 +2800,8 @@ class Worker:
                 if stop_deadline is None:
                     stop_deadline = loop.time() + self.shutdown_timeout
                     logger.info("stopping: waiting for %d running job(s)", len(self._attempts))
-                if self._attempts and loop.time() >= stop_deadline:
-                    await self._abandon_running()
+                if self._attempts and (self._forced or loop.time() >= stop_deadline):
+                    await self._abandon_running(threads_too=self._forced)
                 if not self._attempts and not self._outcomes:
                     return
             outcomes, self._outcomes = self._outcomes, []
@@ -3007,15 +3030,19 @@ class Worker:
         self._outcomes.append(outcome)
         self._wakeup()
 
-    async def _abandon_running(self) -> None:
-        """Shutdown timeout passed: cancel what still runs and hand it back unspent.
+    async def _abandon_running(self, threads_too: bool) -> None:
+        """Shutdown timeout passed (or the stop was forced): cancel what still
+        runs and hand it back unspent.
 
-        A ``def run`` job is left to finish: its thread cannot be stopped,
-        and handing the job back would run it twice.  Its TIMEOUT still
-        bounds it, so the stop still ends.
+        Unless forced, a ``def run`` job is left to finish: its thread cannot
+        be stopped, and handing the job back could run it twice.  Its TIMEOUT
+        still bounds it, so the stop still ends.
         """
-        attempts = [a for a in self._attempts if not a.stopping and not a.in_thread]
-        threads = [a for a in self._attempts if not a.stopping and a.in_thread]
+        if threads_too:
+            attempts, threads = list(self._attempts), []
+        else:
+            attempts = [a for a in self._attempts if not a.stopping and not a.in_thread]
+            threads = [a for a in self._attempts if not a.stopping and a.in_thread]
         for attempt in threads:
             attempt.stopping = True
         if threads:
@@ -3052,11 +3079,7 @@ class Worker:
             else:
                 self._outcomes.extend(job.outcome("pending", "requeue", uncount=1)
                                       for claimed in request.answer.claimed.values() for job in claimed)
-        for attempt in list(self._attempts):
-            if attempt.in_thread:
-                # Its thread runs on; handing it back would run it twice.
-                # The watchdog fails the attempt at its TIMEOUT if it never reports.
-                continue
+        for attempt in list(self._attempts):  # a def run job too: its outcome could never be written now
             attempt.stopping = True
             attempt.task.cancel()
             if self._settle(attempt):

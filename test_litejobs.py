@@ -147,7 +147,7 @@ def claimed_row(job_id, name="noop", queue="default", attempts=1, lease=1, max_r
                 timeout_ms=10_000, run_at=T0):
     """A job as a claim hands it to a worker (``attempts`` counts the attempt it starts)."""
     backoff = litejobs.Linear(0) if backoff is None else backoff
-    return litejobs._Claimed(job_id, name, queue, "{}", attempts, lease, max_retries, backoff.kind,
+    return litejobs._Claimed(job_id, name, queue, b"{}", attempts, lease, max_retries, backoff.kind,
                              float(backoff.value), timeout_ms, 0, run_at)
 
 
@@ -778,6 +778,23 @@ def test_a_hand_edited_time_beyond_datetime_still_reads(capsys, db):
     assert code == 0 and err == "" and len(out.splitlines()) == 4
     code, out, _ = _cli(capsys, "--db", db, "show", str(ids[0]))
     assert code == 0 and "9999-12-31T23:59:59.999999+00:00" in out
+
+
+def test_a_payload_edited_into_bad_utf8_makes_its_job_dead_and_others_flow(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            broken, fine = await store.enqueue_many([Echo("broken"), Echo("fine")])
+            await by_hand(store, "UPDATE litejobs_jobs SET payload = CAST(x'7b2276616c7565223a22ff227d' AS TEXT) "
+                                 "WHERE id = ?", (broken,))
+            async with litejobs.Worker(store, [Echo]):
+                assert (await wait_state(store, fine, "done")).result == "fine"
+                await wait_until(lambda: _state_by_hand(store, broken, "dead"), "the broken job to be dead")
+
+    run(main())
+
+
+async def _state_by_hand(store, job_id, state):
+    return (await by_hand(store, "SELECT state FROM litejobs_jobs WHERE id = ?", (job_id,)))[0][0] == state
 
 
 # -- enqueueing: unique keys, group commit, bad input, odd names ---------------
@@ -1955,8 +1972,9 @@ def test_a_wall_clock_step_backward_does_not_pause_the_watchdog(db):
 
     async def main():
         async with litejobs.connect(db, clock=clock) as store:
-            async with litejobs.Worker(store, [Noop]):
-                await asyncio.sleep(0.1)  # its first housekeeping is behind it
+            async with litejobs.Worker(store, [Noop]) as worker:
+                # Its first housekeeping is behind it: the next is due by the schedule.
+                await wait_until(lambda: _true(worker._planner.next_housekeeping > 0), "a first housekeeping")
                 clock.advance(-600)  # the wall clock steps ten minutes back
                 # A process that claims a job and dies at once.
                 job_id = await store.enqueue(Quick())
@@ -2239,6 +2257,78 @@ def test_a_worker_that_fails_to_start_leaves_no_signal_handlers(db):
     run(main())
 
 
+def test_a_second_stop_forces_even_a_thread_job_back_at_once(db):
+    release = threading.Event()
+
+    @dataclass
+    class InAThread(litejobs.Job):
+        NAME = "in_a_thread"
+        TIMEOUT = 3_600_000
+
+        def run(self, state):
+            release.wait(20)
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(InAThread())
+            worker = litejobs.Worker(store, [InAThread], shutdown_timeout=3600)
+            task = asyncio.ensure_future(worker.run(handle_signals=False))
+            await wait_state(store, job_id, "running")
+            worker.stop()  # would wait for the thread, up to its TIMEOUT of an hour
+            worker.stop(force=True)  # a second Ctrl-C
+            await asyncio.wait_for(task, 10)
+            info = await store.get(job_id)
+            assert (info.state, info.attempts) == ("pending", 0)
+        release.set()
+
+    run(main())
+
+
+def test_cancelling_run_hands_back_a_thread_job_too(db):
+    release = threading.Event()
+
+    @dataclass
+    class InAThread(litejobs.Job):
+        NAME = "in_a_thread"
+        MAX_RETRIES = litejobs.Count(0)
+
+        def run(self, state):
+            release.wait(20)
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(InAThread())
+            task = asyncio.ensure_future(litejobs.Worker(store, [InAThread]).run(handle_signals=False))
+            await wait_state(store, job_id, "running")
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            info = await store.get(job_id)
+            assert (info.state, info.attempts) == ("pending", 0)  # not left for the watchdog to kill
+        release.set()
+
+    run(main())
+
+
+def test_a_loop_without_signal_handling_still_runs_workers(db):
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        def no_signals(*args):
+            raise NotImplementedError  # as on Windows
+
+        loop.add_signal_handler = loop.remove_signal_handler = no_signals
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Echo("ran"))
+            worker = litejobs.Worker(store, [Echo])
+            task = asyncio.ensure_future(worker.run())  # handle_signals=True
+            assert (await wait_state(store, job_id, "done")).result == "ran"
+            worker.stop()
+            await task
+
+    run(main())
+
+
 # -- cancelling jobs -----------------------------------------------------------
 
 
@@ -2310,6 +2400,9 @@ def test_a_job_asked_to_stop_ends_cancelled_even_with_no_retry_left(db):
             assert (await store.stats())["default"].dead_counts.all_time == 0
 
     run(main())
+
+
+
 
 
 # -- inspection, repair and results --------------------------------------------
@@ -2435,6 +2528,17 @@ def test_result_that_cannot_be_stored_is_reported_not_fatal(db):
                 info = await wait_state(store, weird, "done")
                 await wait_state(store, job_id, "done")
             assert info.result is None and "result could not be stored" in info.last_error
+
+    run(main())
+
+
+def test_looking_for_text_no_row_can_hold_is_a_plain_error(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            for call in (lambda: store.jobs(queue="\ud800"), lambda: store.jobs(name="\udce9"),
+                         lambda: store.retry_dead(queue="\ud800"), lambda: store.unschedule("\ud800")):
+                with pytest.raises(ValueError, match="valid UTF-8"):
+                    await call()
 
     run(main())
 
@@ -2673,6 +2777,50 @@ def test_recurring_ticks_enqueued_exactly_once_across_three_processes(tmp_path, 
     # whole interval would coalesce, so a step of 2 s is allowed, not 0.)
     assert all(step >= 1.0 and step == int(step) for step in steps), steps
     assert steps.count(1.0) >= len(steps) - 1
+
+
+@dataclass
+class Report(litejobs.Job):
+    NAME = "report"
+    BACKOFF = litejobs.Linear(3600)
+    to_queue: str = "default"
+
+    def queue(self):
+        return self.to_queue
+
+    async def run(self, state):
+        return None
+
+
+def test_a_schedule_declared_anew_elsewhere_is_not_held_back_by_its_old_tick(db):
+    clock = FakeClock()
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            await store.every(60, Report("nobody_serves_this"), key="report")  # version 1 of the app
+            await round_trip(store, housekeeping=True, names=["noop"])
+            await store.every(60, Report("reports"), key="report")  # version 2 fixes the queue
+            clock.advance(60)
+            await round_trip(store, housekeeping=True, names=["noop"])
+            assert [job.queue for job in await store.jobs(name="report")] == ["reports", "nobody_serves_this"]
+
+    run(main())
+
+
+def test_a_tick_waiting_for_its_retry_does_not_hold_back_the_next(db):
+    clock = FakeClock()
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            await store.every(60, Report(), key="report")
+            await round_trip(store, housekeeping=True, names=["noop"])
+            row = (await claim(store, 1, ["report"]))[0]
+            await round_trip(store, outcomes=[failure(row)])  # retried in an hour
+            clock.advance(60)
+            await round_trip(store, housekeeping=True, names=["noop"])
+            assert sorted(job.attempts for job in await store.jobs(name="report", state="pending")) == [0, 1]
+
+    run(main())
 
 
 # -- events --------------------------------------------------------------------
