@@ -76,6 +76,7 @@ import inspect
 import logging
 import math
 import os
+import select
 import signal
 import socket
 import sqlite3
@@ -120,6 +121,9 @@ _GIVE_UP_AFTER = 60.0
 # The loop's own connection (see Store._insert) never checkpoints; every
 # this many of its commits, the database thread does.
 _CHECKPOINT_EVERY = 256
+
+_IN_MODIFY = 0x2  # inotify's "file was written to", from <sys/inotify.h>
+_NOTICE_GAP = 0.001
 
 # The limits on what a job row may hold.  SQLite integers are 64-bit, and a
 # due time must read back as a datetime (years 1 to 9999), so values beyond
@@ -2168,20 +2172,44 @@ class Store(_StoreCalls):
 
     def _watch_wal(self) -> threading.Event:
         stop, loop = threading.Event(), self._loop
+        notices = _file_change_notices(self._wal_path)
 
-        def watch() -> None:
+        def wake() -> bool:
+            try:
+                loop.call_soon_threadsafe(self._wake_workers)
+            except RuntimeError:  # the loop has closed
+                return False
+            return True
+
+        def watch_notices(fd: int) -> None:
+            # The kernel says when the file changes: no cost while nothing
+            # does.  A second's timeout only lets the thread see ``stop``.
+            try:
+                while not stop.is_set():
+                    if select.select([fd], [], [], 1.0)[0]:
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(fd, 65536)
+                        if not wake():
+                            return
+                        time.sleep(_NOTICE_GAP)  # a burst of commits wakes the loop once a millisecond at most
+            finally:
+                os.close(fd)
+
+        def watch_by_stat() -> None:
             seen = self._wal_signature()
             while not stop.is_set():
                 time.sleep(self._watch_interval)  # cheaper than stop.wait() per wake-up
                 signature = self._wal_signature()
                 if signature != seen:
                     seen = signature
-                    try:
-                        loop.call_soon_threadsafe(self._wake_workers)
-                    except RuntimeError:  # the loop has closed
+                    if not wake():
                         return
 
-        threading.Thread(target=watch, name="litejobs-watch", daemon=True).start()
+        if notices is not None:
+            thread = threading.Thread(target=watch_notices, args=(notices,), name="litejobs-watch", daemon=True)
+        else:
+            thread = threading.Thread(target=watch_by_stat, name="litejobs-watch", daemon=True)
+        thread.start()
         return stop
 
     def _wal_signature(self) -> tuple[int, int] | None:
@@ -2236,6 +2264,28 @@ class Store(_StoreCalls):
 
     async def unregister_worker(self, worker_id: str) -> None:
         await self._run(_unregister_worker, worker_id, write=True)
+
+
+def _file_change_notices(path: str) -> int | None:
+    """A descriptor that becomes readable when the file at ``path`` is
+    written to (Linux's inotify), or None where there is no such thing and
+    the watcher stats the file instead.  inotify watches a path: it opens
+    no descriptor of the file itself, which would drop SQLite's locks."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, AttributeError):
+        return None
+    if fd < 0:
+        return None
+    if libc.inotify_add_watch(fd, os.fsencode(path), _IN_MODIFY) < 0:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _open_quick_connection(path: str) -> sqlite3.Connection | None:
