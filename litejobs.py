@@ -37,6 +37,7 @@ __version__ = "0.2.0"
 __all__ = [
     "Abort",
     "Backoff",
+    "Connecting",
     "Count",
     "Event",
     "EventKind",
@@ -86,10 +87,10 @@ import threading
 import time
 import traceback
 import urllib.parse
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from enum import Enum
-from typing import Any, ClassVar, NamedTuple, Protocol, cast
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, cast
 
 import aiosqlite
 import orjson
@@ -1879,6 +1880,18 @@ class _StoreCalls:
 class Store(_StoreCalls):
     """Jobs in one SQLite file.  Get one with ``litejobs.connect(path)``."""
 
+    if TYPE_CHECKING:  # the calls shared through _StoreCalls, as they are here: coroutines
+        async def get(self, job_id: int) -> JobInfo | None: ...
+        async def stats(self) -> dict[str, QueueStats]: ...
+        async def jobs(self, *, state: str | JobState | None = None, queue: str | None = None,
+                       name: str | None = None, limit: int = 100, offset: int = 0) -> list[JobInfo]: ...
+        async def retry(self, job_id: int) -> int: ...
+        async def retry_dead(self, queue: str | None = None) -> int: ...
+        async def purge(self, *, state: str | JobState, older_than: float | timedelta = 0) -> int: ...
+        async def every(self, interval: float | timedelta, job: Job, *, key: str | None = None) -> None: ...
+        async def unschedule(self, key: str) -> bool: ...
+
+
     def __init__(self, db: aiosqlite.Connection, path: str, clock: Callable[[], float],
                  keep_done: float) -> None:
         self._db = db
@@ -2315,8 +2328,9 @@ def _parse_options(options: dict[str, Any]) -> tuple[str, Callable[[], float], f
     return synchronous, clock, keep_done
 
 
-class _Connector:
-    """What ``connect`` returns: awaitable, and an async context manager."""
+class Connecting:
+    """What ``connect`` returns: await it for a ``Store`` (close it yourself),
+    or use it as ``async with connect(path) as store:``."""
 
     def __init__(self, path: str | os.PathLike, options: dict[str, Any]) -> None:
         self._path = path
@@ -2342,7 +2356,7 @@ class _Connector:
             raise
         return store
 
-    def __await__(self) -> Any:
+    def __await__(self) -> Generator[Any, None, Store]:
         return self._open().__await__()
 
     async def __aenter__(self) -> Store:
@@ -2354,14 +2368,14 @@ class _Connector:
             await self._store.close()
 
 
-def connect(path: str | os.PathLike, **options: Any) -> _Connector:
+def connect(path: str | os.PathLike, **options: Any) -> Connecting:
     """Open (and create) the job database at ``path``.
 
     Options: ``synchronous`` ("NORMAL", or "FULL" to survive power loss),
     ``keep_done`` (seconds or timedelta to keep done and cancelled jobs,
     default one day) and ``clock`` (a function returning epoch seconds, for tests).
     """
-    return _Connector(path, options)
+    return Connecting(path, options)
 
 
 # --------------------------------------------------------------------------
@@ -2376,6 +2390,18 @@ class SyncStore(_StoreCalls):
     ``litejobs.connect_sync(path)``.  Workers in other processes see its
     jobs within their poll interval.
     """
+
+    if TYPE_CHECKING:  # the calls shared through _StoreCalls, as they are here: plain calls
+        def get(self, job_id: int) -> JobInfo | None: ...
+        def stats(self) -> dict[str, QueueStats]: ...
+        def jobs(self, *, state: str | JobState | None = None, queue: str | None = None,
+                 name: str | None = None, limit: int = 100, offset: int = 0) -> list[JobInfo]: ...
+        def retry(self, job_id: int) -> int: ...
+        def retry_dead(self, queue: str | None = None) -> int: ...
+        def purge(self, *, state: str | JobState, older_than: float | timedelta = 0) -> int: ...
+        def every(self, interval: float | timedelta, job: Job, *, key: str | None = None) -> None: ...
+        def unschedule(self, key: str) -> bool: ...
+
 
     def __init__(self, path: str | os.PathLike, *, create: bool = True, read_only: bool = False,
                  **options: Any) -> None:
@@ -3211,13 +3237,13 @@ async def _demo(path: str) -> int:
         print("Running a worker until all four are finished:")
         async with Worker(store, [_DemoGreet, _DemoFlaky, _DemoCharge], poll_interval=0.05):
             while True:
-                infos = [await store.get(job_id) for job_id in ids]
+                infos = [info for info in [await store.get(job_id) for job_id in ids] if info is not None]
                 if all(info.state in (JobState.DONE, JobState.DEAD) for info in infos):
                     break
                 await asyncio.sleep(0.05)
         print("What happened to each:")
         for info in infos:
-            outcome = repr(info.result) if info.state is JobState.DONE else info.last_error.splitlines()[-1]
+            outcome = repr(info.result) if info.state is JobState.DONE else (info.last_error or "").splitlines()[-1]
             print(f"  job {info.id:<3} {info.name:<20} {info.state.value:<5} "
                   f"after {info.attempts} attempt(s): {outcome}")
     return 0
@@ -3342,7 +3368,8 @@ def _command_show(store: SyncStore, args: Any) -> int:
         _print_json(_info_as_json(info))
         return 0
     now = store.clock()
-    retries = "infinite" if info.max_retries is Infinite else info.max_retries.n
+    limit = info.max_retries.as_column()
+    retries = "infinite" if limit is None else limit
     lines = [
         ("id", info.id), ("name", info.name), ("queue", info.queue), ("state", info.state.value),
         ("attempts", f"{info.attempts} (retries allowed: {retries})"),
@@ -3375,7 +3402,8 @@ def _command_retry(store: SyncStore, args: Any) -> int:
         if store.retry(job_id):
             print(f"job {job_id}: back to pending")
         else:
-            print(f"job {job_id}: not retried, it is still {store.get(job_id).state.value}")
+            info = store.get(job_id)
+            print(f"job {job_id}: not retried, it is still {info.state.value if info else 'unknown'}")
     return 0
 
 
