@@ -405,7 +405,7 @@ def interleave(runs: int, variants: dict[str, Callable[[], Any]]) -> dict[str, l
     return samples
 
 
-UNITS = {"jobs/s": "{:,.0f}", "ms": "{:,.2f}", "MB": "{:,.1f}", "% core": "{:,.2f}"}
+UNITS = {"jobs/s": "{:,.0f}", "ms": "{:,.2f}", "MB": "{:,.1f}", "% core": "{:,.2f}", "us/job": "{:,.1f}"}
 
 
 class Report:
@@ -655,7 +655,12 @@ def group_drain(b: Bench) -> None:
     for c in DRAIN_CONCURRENCIES:
         variants[f"c{c}"] = lambda c=c: asyncio.run(lj_drain(b.pending("litejobs", n), n, c))
     variants["two"] = lambda: lj_drain_two(b.pending("litejobs", n), n, WORKER_CONCURRENCY)
+    in_process = ["raw", "araw"] + [f"c{c}" for c in DRAIN_CONCURRENCIES]
+    for key in in_process:  # the process's CPU time too, every thread's
+        variants[key] = with_cpu(variants[key])
     s = interleave(p.runs, variants)
+    cpu = {key: [used / n * 1e6 for _, used in s[key]] for key in in_process}
+    s.update({key: [rate for rate, _ in s[key]] for key in in_process})
     sq, aio = (("raw sqlite3", "drain.raw_sqlite3"),), (("raw aiosqlite", "drain.raw_aiosqlite"),)
     line("drain.raw_sqlite3", "raw sqlite3 batch loop", s["raw"], "jobs/s")
     line("drain.raw_aiosqlite", "raw aiosqlite batch loop", s["araw"], "jobs/s", vs=sq)
@@ -665,6 +670,22 @@ def group_drain(b: Bench) -> None:
     line("drain.two_processes", f"drain c={WORKER_CONCURRENCY}, 2 worker processes", s["two"], "jobs/s",
          vs=(("raw sqlite3 2 processes", "drain.raw_sqlite3_two"),
              (f"1 process c={WORKER_CONCURRENCY}", f"drain.c{WORKER_CONCURRENCY}")))
+    line("drain.cpu_raw_sqlite3", "CPU per job, raw sqlite3 batch loop", cpu["raw"], "us/job")
+    line("drain.cpu_raw_aiosqlite", "CPU per job, raw aiosqlite batch loop", cpu["araw"], "us/job",
+         vs=(("raw sqlite3", "drain.cpu_raw_sqlite3"),))
+    for c in DRAIN_CONCURRENCIES:
+        line(f"drain.cpu_c{c}", f"CPU per job, drain c={c}", cpu[f"c{c}"], "us/job",
+             vs=(("raw sqlite3", "drain.cpu_raw_sqlite3"), ("raw aiosqlite", "drain.cpu_raw_aiosqlite")))
+
+
+def with_cpu(fn: Callable[[], float]) -> Callable[[], tuple[float, float]]:
+    """``fn``, answering also the CPU seconds the whole process spent in it."""
+    def measured() -> tuple[float, float]:
+        began = time.process_time()
+        rate = fn()
+        return rate, time.process_time() - began
+
+    return measured
 
 
 # --------------------------------------------------------------------------

@@ -1659,8 +1659,7 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], float],
-              patient: bool = True) -> _Exchange:
+def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], float]) -> _Exchange:
     """A worker's whole round trip: record finished attempts, fail expired
     ones the worker confirmed (the watchdog), re-express its deadlines after
     a clock step, enqueue recurring ticks, prune old rows, claim new jobs,
@@ -1736,11 +1735,11 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
         answer.next_due = conn.execute(_SQL_NEXT_DUE, (now,)).fetchone()[0]
 
     try:
-        _with_retries(conn, write, write=True, patient=patient)
+        _with_retries(conn, write, write=True)
     except sqlite3.IntegrityError:
-        if not _with_retries(conn, _quarantine_broken_rows, clock, write=True, patient=patient):
+        if not _with_retries(conn, _quarantine_broken_rows, clock, write=True):
             raise
-        _with_retries(conn, write, write=True, patient=patient)
+        _with_retries(conn, write, write=True)
     request.answer = answer
     return answer
 
@@ -1907,7 +1906,7 @@ class Store(_StoreCalls):
         self._wakers: dict[Callable[[], None], float] = {}  # subscribers, and the poll interval each asked for
         self._watching: threading.Event | None = None  # set to stop the -wal watcher thread
         self._watch_interval = _WATCHDOG_INTERVAL
-        self._data_versions: dict[bool, int] = {}  # as the last round trip on each connection saw it
+        self._data_version: int | None = None  # as the last round trip saw it
         self._insert_queue: list[tuple[list[NewJob], asyncio.Future]] = []
         self._insert_busy = False  # the database thread is writing a batch
         self._flush_soon = False  # a batch is to be written later in this turn of the loop
@@ -2239,32 +2238,19 @@ class Store(_StoreCalls):
     async def exchange(self, request: _Request) -> _Exchange:
         """One worker round trip: outcomes in, watchdog and housekeeping, claims out.
 
-        Like an enqueue, a trip that only records outcomes and claims runs
-        on the loop's own connection when the write lock is free: a few
-        milliseconds of SQLite for a whole batch, cheaper than the thread
-        hop and the two threads' contention for the GIL.  Housekeeping
-        (pruning, compaction), and any trip that finds the lock taken, goes
-        to the database thread.  Subscribers hear of other connections'
-        commits that this trip saw before it returns, so that a claim in the
-        answer counts as having looked.
+        Always on the database thread, never on the loop's own connection
+        (see Store._insert): a trip writes a whole batch, and when other
+        processes write too, only a connection that waits for the lock gets
+        its turn.  Subscribers hear of
+        other connections' commits that this trip saw before it returns, so
+        that a claim in the answer counts as having looked.
         """
         self._check_caller()
-        answer = None
-        if self._quick is not None and request.prune_before is None and not request.compact:
-            try:
-                answer = _exchange(self._quick, request, self.clock, patient=False)
-            except sqlite3.Error:  # busy, or worse: the database thread waits, or reports it
-                answer = None
-            else:
-                self._count_quick_commit()
-        quick = answer is not None
-        if answer is None:
-            answer = await self._run(_exchange, request, self.clock)
-        # data_version is per connection: compare each with its own last.
-        seen = self._data_versions.get(quick)
-        self._data_versions[quick] = answer.data_version
-        if seen is not None and seen != answer.data_version:
-            self._wake_workers()
+        answer = await self._run(_exchange, request, self.clock)
+        if answer.data_version != self._data_version:
+            seen_before, self._data_version = self._data_version is not None, answer.data_version
+            if seen_before:
+                self._wake_workers()
         return answer
 
     async def settle(self) -> None:

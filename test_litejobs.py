@@ -2166,7 +2166,7 @@ def test_a_claim_in_flight_when_the_event_loop_shuts_down_is_handed_back(db, mon
     monkeypatch.setattr(litejobs, "_exchange", exchange_that_stalls_after_claiming)
 
     async def main():
-        store = await litejobs.connect(db, synchronous="FULL")
+        store = await litejobs.connect(db)
         await store.enqueue(Failing())
         asyncio.ensure_future(litejobs.Worker(store, [Failing]).run(handle_signals=False))
         assert await asyncio.to_thread(claimed.wait, 10)
@@ -2194,8 +2194,7 @@ def test_cancelling_run_while_a_claim_is_in_flight_leaves_nothing_running(db, mo
     monkeypatch.setattr(litejobs, "_exchange", exchange_that_stalls_after_claiming)
 
     async def main():
-        # synchronous="FULL": every round trip goes through the database thread.
-        async with litejobs.connect(db, synchronous="FULL") as store:
+        async with litejobs.connect(db) as store:
             job_id = await store.enqueue(Failing())
             task = asyncio.ensure_future(litejobs.Worker(store, [Failing]).run(handle_signals=False))
             assert await asyncio.to_thread(claimed.wait, 10)
