@@ -593,7 +593,14 @@ def _retry_decision(
     return min(delay, _MAX_DELAY)
 
 
-class JobState(str, Enum):
+class _Word(str, Enum):
+    """An enum whose members are their own words: ``str(member)`` is its value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class JobState(_Word):
     """Where a job is in its life."""
 
     PENDING = "pending"
@@ -601,9 +608,6 @@ class JobState(str, Enum):
     DONE = "done"
     DEAD = "dead"
     CANCELLED = "cancelled"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 def _is_utf8(text: str) -> bool:
@@ -1042,7 +1046,7 @@ def current() -> JobContext:
         raise LiteJobsError("litejobs.current() was called outside a running job") from None
 
 
-class EventKind(str, Enum):
+class EventKind(_Word):
     """What happened to a job.  A failed attempt gives two events: ``failure``
     (or ``timeout``), then ``retry`` or ``death``."""
 
@@ -1054,9 +1058,6 @@ class EventKind(str, Enum):
     RETRY = "retry"
     DEATH = "death"
     CANCELLATION = "cancellation"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclasses.dataclass(frozen=True)
