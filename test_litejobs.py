@@ -1173,7 +1173,8 @@ def test_claim_that_waited_for_the_lock_starts_at_the_time_it_got_it(db):
         async with litejobs.connect(db, clock=clock) as store:
             job_id = await store.enqueue(Noop(), delay=50)
             async with litejobs.Worker(store, [Noop], poll_interval=0.01) as worker:
-                await wait_until(lambda: _true_when(worker.claims > 0), "the worker to be up")
+                # Its first round trip has come back (a claim counts when it is sent).
+                await wait_until(lambda: _true_when(worker._planner.next_due == T0 + 50), "the worker to be up")
                 blocker = sqlite3.connect(db, isolation_level=None)
                 blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
                 claims = worker.claims
