@@ -119,9 +119,13 @@ _SCHEMA_VERSION = 2
 _BUSY_TIMEOUT_MS = 5_000
 _GIVE_UP_AFTER = 60.0
 
-# The loop's own connection (see Store._insert) never checkpoints; every
-# this many of its commits, the database thread does.
-_CHECKPOINT_EVERY = 256
+# The loop's own connection (see Store._insert) never checkpoints; after it
+# wrote this many rows, the database thread does.  It takes batches of up to
+# _QUICK_ROWS rows (a bigger one would hold up the loop), and a caller alone
+# on the loop waits one turn after every _YIELD_EVERY of its commits.
+_CHECKPOINT_ROWS = 256
+_QUICK_ROWS = 100
+_YIELD_EVERY = 16
 
 _IN_MODIFY = 0x2  # inotify's "file was written to", from <sys/inotify.h>
 _NOTICE_GAP = 0.001
@@ -1632,7 +1636,11 @@ def _nothing(conn: sqlite3.Connection) -> None:
 
 
 def _checkpoint_wal(conn: sqlite3.Connection) -> None:
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    # RESTART, not PASSIVE: it waits (here, on the database thread) until the
+    # next writer can start the WAL file from its beginning.  A passive one
+    # copies pages but, with the loop's connection appending all the while,
+    # the file never restarts and grows without bound.
+    conn.execute("PRAGMA wal_checkpoint(RESTART)")
 
 
 def _register_worker(conn: sqlite3.Connection, worker_id: str, names: Sequence[str],
@@ -1919,6 +1927,7 @@ class Store(_StoreCalls):
         self._flush_soon = False  # a batch is to be written later in this turn of the loop
         self._quick: sqlite3.Connection | None = None  # the loop's own connection, see _insert
         self._quick_commits = 0
+        self._quick_rows = 0  # written through it since the last checkpoint
         self.closed = False
         # Where the store may be used: aiosqlite's thread does not survive a
         # fork, and the group commit's futures belong to this loop.
@@ -2019,7 +2028,11 @@ class Store(_StoreCalls):
         waiter = self._loop.create_future()
         self._insert_queue.append((rows, waiter))
         if not self._insert_busy:
-            if len(self._insert_queue) == 1 and not _others_ready(self._loop):
+            # Now and then the caller waits one turn of the loop even when
+            # alone, so that a producer enqueuing in a loop lets timers,
+            # sockets and other tasks run.
+            alone = len(self._insert_queue) == 1 and not _others_ready(self._loop)
+            if alone and self._quick_commits % _YIELD_EVERY:
                 self._flush_inserts()
             elif not self._flush_soon:
                 self._flush_soon = True
@@ -2033,15 +2046,15 @@ class Store(_StoreCalls):
         if self._insert_busy or not self._insert_queue:
             return
         batch, self._insert_queue = self._insert_queue, []
-        if self._quick is not None:
-            rows = [row for rows, _ in batch for row in rows]
+        rows = [row for rows, _ in batch for row in rows]
+        if self._quick is not None and len(rows) <= _QUICK_ROWS:  # a big batch would hold up the loop
             try:
                 ids = _with_retries(self._quick, _insert_jobs, rows, self.clock, write=True, patient=False)
             except Exception:  # busy, or someone's bad row: the database thread sorts it out
                 pass
             else:
                 self._own_calls_ended = time.monotonic()
-                self._count_quick_commit()
+                self._count_quick_commit(len(rows))
                 _answer_batch(batch, ids)
                 return
         self._insert_busy = True
@@ -2056,9 +2069,11 @@ class Store(_StoreCalls):
         finally:
             self._insert_busy = False
 
-    def _count_quick_commit(self) -> None:
+    def _count_quick_commit(self, rows: int) -> None:
         self._quick_commits += 1
-        if self._quick_commits % _CHECKPOINT_EVERY == 0:
+        self._quick_rows += rows
+        if self._quick_rows >= _CHECKPOINT_ROWS:
+            self._quick_rows = 0
             asyncio.ensure_future(self._checkpoint())
 
     async def _checkpoint(self) -> None:
@@ -2215,8 +2230,10 @@ class Store(_StoreCalls):
             # commits cost it a third of its speed.)  A second's timeout lets
             # the thread see ``stop``.
             try:
+                poller = select.poll()  # not select(): it fails on descriptors past 1023
+                poller.register(fd, select.POLLIN)
                 while not stop.is_set():
-                    if not select.select([fd], [], [], 1.0)[0]:
+                    if not poller.poll(1000):
                         continue
                     if self._own_calls > 0 or time.monotonic() - self._own_calls_ended < _OWN_ECHO:
                         time.sleep(_OWN_ECHO_PAUSE)
@@ -2315,7 +2332,9 @@ def _open_quick_connection(path: str) -> sqlite3.Connection | None:
     never checkpoints, so a write through it costs the loop no more than the
     write.  Only with synchronous=NORMAL, where a commit does not fsync."""
     try:
-        conn = sqlite3.connect(path, timeout=0, isolation_level=None)
+        # check_same_thread=False: only the loop's thread uses it, but
+        # close() may come from another.
+        conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA wal_autocheckpoint = 0")
     except sqlite3.Error as exc:
@@ -2613,7 +2632,7 @@ class _Planner:
         self.stopping = False
         # Queues that may hold due jobs: asked at their next free slot, and
         # forgotten only when a claim there came back with fewer than asked.
-        self.unclaimed: set[str] = set(capacity)
+        self.to_ask: set[str] = set(capacity)
         self.check_cancels = False  # a cancellation may have been asked for
         self.next_due: float | None = None  # store clock
         self.next_housekeeping = 0.0  # monotonic, like next_compact
@@ -2624,9 +2643,10 @@ class _Planner:
         self.suspects: dict[tuple[int, int], tuple[float, float]] = {}
         self.clock_offset: float | None = None  # store clock - monotonic when deadlines were last right
 
+
     def something_changed(self) -> None:
         """Jobs may have been enqueued, retried or cancelled: look everywhere."""
-        self.unclaimed.update(self.capacity)
+        self.to_ask.update(self.capacity)
         self.check_cancels = True
 
     def plan(self, now: float, mono: float, attempts: Collection[_Attempt],
@@ -2636,11 +2656,19 @@ class _Planner:
         housekeeping = mono >= self.next_housekeeping
         if housekeeping:
             self.next_housekeeping = mono + _WATCHDOG_INTERVAL
+        offset = now - mono
         if not self.stopping:
+            if housekeeping:
+                # Once a second every queue is looked at, whatever this
+                # worker heard: a safety net for a missed wake-up, and the
+                # only way to see jobs that were due at once when the wall
+                # clock stepped back (the due-time index holds only jobs due
+                # after their creation).  An empty claim writes nothing.
+                self.to_ask.update(self.capacity)
             if self.next_due is not None and now >= self.next_due:
-                self.unclaimed.update(self.capacity)
+                self.to_ask.update(self.capacity)
                 self.next_due = None
-            for queue in self.unclaimed:
+            for queue in self.to_ask:
                 free = self.capacity[queue] - self.running[queue]
                 if free > 0:
                     request.wants[queue] = free
@@ -2657,7 +2685,6 @@ class _Planner:
         # The wall clock stepped (or an injected one moved): say again, in
         # its new time, when each running attempt runs out, so that no
         # watchdog takes a live attempt for a dead one.
-        offset = now - mono
         if not attempts:
             self.clock_offset = offset
         elif self.clock_offset is None or abs(offset - self.clock_offset) > _CLOCK_STEP:
@@ -2669,7 +2696,7 @@ class _Planner:
 
     def failed(self, request: _Request) -> None:
         """Nothing of ``request`` was written: ask for all of it again."""
-        self.unclaimed.update(request.wants)
+        self.to_ask.update(request.wants)
         self.check_cancels |= request.look_for_cancels
         if request.renew:
             self.clock_offset = None
@@ -2689,10 +2716,10 @@ class _Planner:
         self.more_to_prune = answer.more_to_prune
         for queue, claimed in answer.claimed.items():
             if len(claimed) < request.wants[queue]:
-                self.unclaimed.discard(queue)
+                self.to_ask.discard(queue)
         for _job_id, _name, queue in answer.enqueued:  # recurring ticks, due now
             if queue in self.capacity:
-                self.unclaimed.add(queue)
+                self.to_ask.add(queue)
         if request.housekeeping:
             own = {(a.claimed.id, a.claimed.lease) for a in attempts}
             suspects = {}
@@ -2705,7 +2732,7 @@ class _Planner:
     def go_again(self) -> bool:
         """True when another round trip is worth making before any sleep."""
         return self.more_to_prune or not self.stopping and any(
-            self.running[queue] < self.capacity[queue] for queue in self.unclaimed)
+            self.running[queue] < self.capacity[queue] for queue in self.to_ask)
 
     def sleep_for(self, now: float, mono: float) -> float:
         """Seconds to sleep, unless woken: until housekeeping or the next due time."""
