@@ -1177,9 +1177,9 @@ def test_claim_that_waited_for_the_lock_starts_at_the_time_it_got_it(db):
                 await wait_until(lambda: _true_when(worker._planner.next_due == T0 + 50), "the worker to be up")
                 blocker = sqlite3.connect(db, isolation_level=None)
                 blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
-                claims = worker.claims
-                clock.advance(50)  # the job falls due; the claim waits for the lock
-                await wait_until(lambda: _true_when(worker.claims > claims), "a claim to be attempted")
+                clock.advance(50)  # the job falls due; a claim waits for the lock
+                await wait_until(lambda: _true_when(worker._in_flight is not None and worker._in_flight[0].wants),
+                                 "a claim waiting for the lock")
                 await asyncio.sleep(0.1)
                 clock.advance(100)  # time passes while the claim waits
                 blocker.execute("COMMIT")
