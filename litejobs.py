@@ -2656,7 +2656,6 @@ class _Planner:
         housekeeping = mono >= self.next_housekeeping
         if housekeeping:
             self.next_housekeeping = mono + _WATCHDOG_INTERVAL
-        offset = now - mono
         if not self.stopping:
             if housekeeping:
                 # Once a second every queue is looked at, whatever this
@@ -2665,6 +2664,10 @@ class _Planner:
                 # clock stepped back (the due-time index holds only jobs due
                 # after their creation).  An empty claim writes nothing.
                 self.to_ask.update(self.capacity)
+                request.housekeeping = True
+                request.reap = [_Expiry(job_id, lease, deadline)
+                                for (job_id, lease), (deadline, seen) in self.suspects.items()
+                                if mono - seen >= _WATCHDOG_CONFIRM]
             if self.next_due is not None and now >= self.next_due:
                 self.to_ask.update(self.capacity)
                 self.next_due = None
@@ -2672,11 +2675,6 @@ class _Planner:
                 free = self.capacity[queue] - self.running[queue]
                 if free > 0:
                     request.wants[queue] = free
-            if housekeeping:
-                request.housekeeping = True
-                request.reap = [_Expiry(job_id, lease, deadline)
-                                for (job_id, lease), (deadline, seen) in self.suspects.items()
-                                if mono - seen >= _WATCHDOG_CONFIRM]
             if housekeeping or self.more_to_prune:
                 request.prune_before = now - self.keep_done
             if mono >= self.next_compact:
@@ -2685,6 +2683,7 @@ class _Planner:
         # The wall clock stepped (or an injected one moved): say again, in
         # its new time, when each running attempt runs out, so that no
         # watchdog takes a live attempt for a dead one.
+        offset = now - mono
         if not attempts:
             self.clock_offset = offset
         elif self.clock_offset is None or abs(offset - self.clock_offset) > _CLOCK_STEP:
