@@ -1928,6 +1928,7 @@ class Store(_StoreCalls):
         self._quick: sqlite3.Connection | None = None  # the loop's own connection, see _insert
         self._quick_commits = 0
         self._quick_rows = 0  # written through it since the last checkpoint
+        self._checkpointing = False  # while one waits, enqueues go the database thread's way
         self.closed = False
         # Where the store may be used: aiosqlite's thread does not survive a
         # fork, and the group commit's futures belong to this loop.
@@ -2047,7 +2048,9 @@ class Store(_StoreCalls):
             return
         batch, self._insert_queue = self._insert_queue, []
         rows = [row for rows, _ in batch for row in rows]
-        if self._quick is not None and len(rows) <= _QUICK_ROWS:  # a big batch would hold up the loop
+        if self._quick is not None and len(rows) <= _QUICK_ROWS and not self._checkpointing:
+            # (a big batch would hold up the loop; during a checkpoint the
+            # loop's writes would keep it from ever finding the lock free)
             try:
                 ids = _with_retries(self._quick, _insert_jobs, rows, self.clock, write=True, patient=False)
             except Exception:  # busy, or someone's bad row: the database thread sorts it out
@@ -2074,6 +2077,7 @@ class Store(_StoreCalls):
         self._quick_rows += rows
         if self._quick_rows >= _CHECKPOINT_ROWS:
             self._quick_rows = 0
+            self._checkpointing = True
             asyncio.ensure_future(self._checkpoint())
 
     async def _checkpoint(self) -> None:
@@ -2084,6 +2088,8 @@ class Store(_StoreCalls):
             await self._run(_checkpoint_wal)
         except StoreError as exc:
             logger.debug("checkpoint skipped: %s", exc)
+        finally:
+            self._checkpointing = False
 
     async def _write_insert_batch(self, batch: list[tuple[list[NewJob], asyncio.Future]]) -> None:
         """Write the batch in one transaction and tell every caller.  Errors
