@@ -77,6 +77,7 @@ import inspect
 import logging
 import math
 import os
+import re
 import select
 import signal
 import socket
@@ -379,11 +380,11 @@ _SQL_NEXT_DUE = """
         SELECT min(run_at) AS due FROM litejobs_jobs
          WHERE state = 'pending' AND run_at > created_at AND run_at > ?1
         UNION ALL
-        SELECT min(next_run) FROM litejobs_recurring WHERE next_run > ?1)"""
+        SELECT min(next_run) FROM litejobs_recurring WHERE next_run > ?1) AS due_times"""
 
 _SQL_COUNT_OUTCOME = """
     INSERT INTO litejobs_counts (queue, state, hour, n) VALUES (?, ?, ?, ?)
-    ON CONFLICT (queue, state, hour) DO UPDATE SET n = n + excluded.n"""
+    ON CONFLICT (queue, state, hour) DO UPDATE SET n = litejobs_counts.n + excluded.n"""
 
 # Retention and purge find old finished rows through the partial index on
 # finished_at.  Each repeats that index's own WHERE (state IN ('done', 'dead',
@@ -411,7 +412,7 @@ _PRUNE_BATCH = 1000
 _SQL_COMPACT_COUNTS = """
     INSERT INTO litejobs_counts (queue, state, hour, n)
     SELECT queue, state, 0, sum(n) FROM litejobs_counts WHERE hour > 0 AND hour < ? GROUP BY 1, 2
-    ON CONFLICT (queue, state, hour) DO UPDATE SET n = n + excluded.n"""
+    ON CONFLICT (queue, state, hour) DO UPDATE SET n = litejobs_counts.n + excluded.n"""
 
 _SQL_RECURRING_DUE = """
     SELECT key, interval, next_run, name, queue, payload, priority, max_retries,
@@ -616,8 +617,12 @@ class JobState(_Word):
     CANCELLED = "cancelled"
 
 
-def _is_utf8(text: str) -> bool:
-    """False for a str SQLite cannot store, one holding a lone surrogate like '\\ud800'."""
+def _is_storable(text: str) -> bool:
+    """False for a str that some store cannot hold: one with a lone surrogate
+    like '\\ud800' (not UTF-8) or a NUL character (PostgreSQL's text has none).
+    Refused on both stores, so that jobs can move from one to the other."""
+    if "\x00" in text:
+        return False
     try:
         text.encode()
     except UnicodeEncodeError:
@@ -633,11 +638,13 @@ def _check_job_constants(cls: type[Job]) -> None:
     """Raise JobDefinitionError for a class constant of the wrong kind."""
     where = f"job class {cls.__qualname__}"
     name = cls.__dict__.get("NAME")
-    if name is not None and (not isinstance(name, str) or not name or not _is_utf8(name)):
-        raise JobDefinitionError(f"{where}: NAME must be a non-empty str of valid UTF-8 text, got {name!r}")
+    if name is not None and (not isinstance(name, str) or not name or not _is_storable(name)):
+        raise JobDefinitionError(f"{where}: NAME must be a non-empty str a database can store "
+                                 f"(no lone surrogate, no NUL), got {name!r}")
     queue = cls.QUEUE
-    if not isinstance(queue, str) or not queue or not _is_utf8(queue):
-        raise JobDefinitionError(f"{where}: QUEUE must be a non-empty str of valid UTF-8 text, got {queue!r}")
+    if not isinstance(queue, str) or not queue or not _is_storable(queue):
+        raise JobDefinitionError(f"{where}: QUEUE must be a non-empty str a database can store "
+                                 f"(no lone surrogate, no NUL), got {queue!r}")
     if not isinstance(cls.MAX_RETRIES, MaxRetries):
         raise JobDefinitionError(
             f"{where}: MAX_RETRIES must be litejobs.Count(n) or litejobs.Infinite, got {cls.MAX_RETRIES!r}"
@@ -911,12 +918,12 @@ def new_job(
         raise ValueError(f"{where}: priority must be an int, got {priority!r}")
     if unique_key is not None and not isinstance(unique_key, str):
         raise ValueError(f"{where}: unique_key must be a str, got {unique_key!r}")
-    if unique_key is not None and not _is_utf8(unique_key):
-        raise SerializationError(f"{where}: unique_key {unique_key!r} is not valid UTF-8 text "
-                                 "(it holds a lone surrogate); give a str SQLite can store")
-    if queue is not None and not _is_utf8(queue):
-        raise SerializationError(f"{where}: queue {queue!r} is not valid UTF-8 text "
-                                 "(it holds a lone surrogate); give a str SQLite can store")
+    if unique_key is not None and not _is_storable(unique_key):
+        raise SerializationError(f"{where}: unique_key {unique_key!r} is not text a database can store "
+                                 "(it holds a lone surrogate or a NUL character)")
+    if queue is not None and not _is_storable(queue):
+        raise SerializationError(f"{where}: queue {queue!r} is not text a database can store "
+                                 "(it holds a lone surrogate or a NUL character)")
     if _limits_are_class_constants(cls):
         queue = cls.QUEUE if queue is None else queue
         max_retries, backoff, timeout = cls.MAX_RETRIES, cls.BACKOFF, cls.TIMEOUT
@@ -926,9 +933,9 @@ def new_job(
             queue = job.queue()
             if not isinstance(queue, str) or not queue:
                 raise JobDefinitionError(f"{where}: queue() returned {queue!r}, not a non-empty str")
-            if not _is_utf8(queue):
-                raise SerializationError(f"{where}: queue() returned {queue!r}, which is not valid UTF-8 "
-                                         "text (it holds a lone surrogate); return a str SQLite can store")
+            if not _is_storable(queue):
+                raise SerializationError(f"{where}: queue() returned {queue!r}, which is not text a database "
+                                         "can store (it holds a lone surrogate or a NUL character)")
         if not isinstance(max_retries, MaxRetries):
             raise JobDefinitionError(f"{where}: max_retries() returned {max_retries!r}, not Count(n) or Infinite")
         if not isinstance(backoff, Backoff):
@@ -1272,6 +1279,8 @@ def _with_retries(conn: sqlite3.Connection, fn: Callable, *args: Any, write: boo
     ``patient`` false a busy database raises at once (the loop's own
     connection, which must never block the event loop).
     """
+    if _on_postgres(conn):  # its own transactions and reconnection
+        return conn.run(fn, *args, write=write)
     give_up = time.monotonic() + _GIVE_UP_AFTER
     pause = 0.001
     while True:
@@ -1407,6 +1416,8 @@ def _insert_jobs(conn: sqlite3.Connection, rows: Sequence[NewJob],
     """Insert jobs, all or nothing, as (id, inserted) pairs: a unique_key
     already pending or running gives the existing id and inserts nothing."""
     now = clock()
+    if _on_postgres(conn):
+        return _pg_insert_jobs(conn, rows, now)
     if len(rows) == 1 and rows[0].unique_key is None:  # the most common call of all
         return [(_inserted_id(conn.execute(_SQL_INSERT_JOB, rows[0]._row(now))), True)]
     if all(row.unique_key is None for row in rows):
@@ -1454,7 +1465,7 @@ def _get_job(conn: sqlite3.Connection, job_id: int) -> JobInfo | None:
 def _list_jobs(conn: sqlite3.Connection, state: str | None, queue: str | None, name: str | None,
                limit: int, offset: int) -> list[JobInfo]:
     filters = {"state": state, "queue": queue, "name": name}
-    where = " AND ".join(f"{column} = ?" for column, value in filters.items() if value is not None) or "1"
+    where = " AND ".join(f"{column} = ?" for column, value in filters.items() if value is not None) or "TRUE"
     rows = conn.execute(
         f"SELECT {_JOB_COLUMNS} FROM litejobs_jobs WHERE {where} ORDER BY id DESC LIMIT ? OFFSET ?",
         (*[value for value in filters.values() if value is not None], limit, offset),
@@ -1477,6 +1488,11 @@ def _retry_jobs(conn: sqlite3.Connection, job_id: int | None, queue: str | None,
             return 0
         if row[1] is not None and conn.execute(_SQL_FIND_UNIQUE, (row[1],)).fetchone():
             raise LiteJobsError(f"job {job_id} cannot be retried: another job with unique_key {row[1]!r} is waiting")
+    if _on_postgres(conn):
+        retried = conn.execute(_PG_RETRY_JOBS, {"now": clock(), "id": job_id, "queue": queue}).rowcount
+        if retried:
+            conn.notify()
+        return retried
     cursor = conn.execute(
         """UPDATE OR IGNORE litejobs_jobs
               SET state = 'pending', attempts = 0, run_at = ?1, finished_at = NULL,
@@ -1499,6 +1515,8 @@ def _cancel_job(conn: sqlite3.Connection, job_id: int, clock: Callable[[], float
     if row is not None:
         return JobState.CANCELLED, Event(EventKind.CANCELLATION, job_id, *row)
     conn.execute("UPDATE litejobs_jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'", (job_id,))
+    if _on_postgres(conn):  # its worker may be on another host
+        conn.notify()
     row = conn.execute("SELECT state FROM litejobs_jobs WHERE id = ?", (job_id,)).fetchone()
     if row is None:
         raise LookupError(f"no job with id {job_id}")
@@ -1553,7 +1571,10 @@ def _stats(conn: sqlite3.Connection, clock: Callable[[], float]) -> dict[str, Qu
                 per_queue["unregistered"] = per_queue.get("unregistered", 0) + n
     hour, day, month = _hour_marks(now)
     for queue, state, this_hour, today, this_month, all_time in conn.execute(
-        """SELECT queue, state, sum(n * (hour >= ?1)), sum(n * (hour >= ?2)), sum(n * (hour >= ?3)), sum(n)
+        # (CAST: PostgreSQL sums integers as numeric)
+        """SELECT queue, state, CAST(sum(CASE WHEN hour >= ?1 THEN n ELSE 0 END) AS BIGINT),
+                  CAST(sum(CASE WHEN hour >= ?2 THEN n ELSE 0 END) AS BIGINT),
+                  CAST(sum(CASE WHEN hour >= ?3 THEN n ELSE 0 END) AS BIGINT), CAST(sum(n) AS BIGINT)
              FROM litejobs_counts GROUP BY 1, 2""",
         (hour, day, month),
     ):
@@ -1587,15 +1608,19 @@ def _set_recurring(conn: sqlite3.Connection, key: str, interval: float, row: New
                                            max_retries, backoff, backoff_value, timeout_ms)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
            ON CONFLICT (key) DO UPDATE SET
-               next_run = CASE WHEN interval = excluded.interval THEN next_run ELSE excluded.next_run END,
-               last_id = CASE WHEN name = excluded.name AND queue = excluded.queue
-                                   AND payload = excluded.payload THEN last_id END,
+               next_run = CASE WHEN litejobs_recurring.interval = excluded.interval
+                               THEN litejobs_recurring.next_run ELSE excluded.next_run END,
+               last_id = CASE WHEN litejobs_recurring.name = excluded.name AND litejobs_recurring.queue = excluded.queue
+                                   AND litejobs_recurring.payload = excluded.payload
+                              THEN litejobs_recurring.last_id END,
                interval = excluded.interval, name = excluded.name, queue = excluded.queue,
                payload = excluded.payload, priority = excluded.priority, max_retries = excluded.max_retries,
                backoff = excluded.backoff, backoff_value = excluded.backoff_value, timeout_ms = excluded.timeout_ms""",
         (key, interval, clock(), row.name, row.queue, row.payload, row.priority,
          row.max_retries.as_column(), row.backoff.kind, row.backoff.value, row.timeout),
     )
+    if _on_postgres(conn):  # its first tick is due now
+        conn.notify()
 
 
 def _unset_recurring(conn: sqlite3.Connection, key: str) -> bool:
@@ -1613,15 +1638,15 @@ def _enqueue_recurring(conn: sqlite3.Connection, now: float) -> list[tuple[int, 
     """
     enqueued = []
     for key, interval, next_run, name, queue, payload, priority, max_retries, backoff, value, timeout, last_id in (
-        conn.execute(_SQL_RECURRING_DUE, (now,)).fetchall()
+        conn.execute(_PG_RECURRING_DUE if _on_postgres(conn) else _SQL_RECURRING_DUE, (now,)).fetchall()
     ):
         missed = math.floor((now - next_run) / interval)
         tick = next_run + missed * interval
         if last_id is None or conn.execute(_SQL_NOT_STARTED, (last_id,)).fetchone() is None:
-            last_id = _inserted_id(conn.execute(
-                _SQL_INSERT_JOB,
+            last_id = conn.execute(
+                _SQL_INSERT_JOB + " RETURNING id",
                 (name, queue, payload, priority, tick, max_retries, backoff, value, timeout, None, now),
-            ))
+            ).fetchone()[0]
             enqueued.append((last_id, name, queue))
         conn.execute("UPDATE litejobs_recurring SET next_run = ?, last_id = ? WHERE key = ?",
                      (tick + interval, last_id, key))
@@ -1651,7 +1676,9 @@ def _register_worker(conn: sqlite3.Connection, worker_id: str, names: Sequence[s
         if not _process_alive(pid):
             conn.execute("DELETE FROM litejobs_workers WHERE id = ?", (other_id,))
     conn.execute(
-        "INSERT OR REPLACE INTO litejobs_workers (id, host, pid, names, started_at) VALUES (?, ?, ?, ?, ?)",
+        """INSERT INTO litejobs_workers (id, host, pid, names, started_at) VALUES (?, ?, ?, ?, ?)
+           ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, names = excluded.names,
+                                          started_at = excluded.started_at""",
         (worker_id, host, os.getpid(), orjson.dumps(list(names)).decode(), clock()),
     )
 
@@ -1679,7 +1706,10 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
     Reads come first; the write transaction is begun only when there is
     something to write, so an idle worker writes nothing.
     """
-    answer = _Exchange(clock(), conn.execute("PRAGMA data_version").fetchone()[0])
+    postgres = _on_postgres(conn)
+    # SQLite's data_version tells a worker of commits its watcher missed;
+    # PostgreSQL's notices need no such net.
+    answer = _Exchange(clock(), 0 if postgres else conn.execute("PRAGMA data_version").fetchone()[0])
     if request.look_for_cancels:
         answer.cancels = conn.execute(_SQL_CANCEL_REQUESTED).fetchall()
     recurring = prune = False
@@ -1706,7 +1736,7 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
         # over the watchdog's (an UPDATE ... FROM would apply either).
         reported = {(outcome.job_id, outcome.lease) for outcome in todo}
         for expiry in request.reap:
-            row = conn.execute(_SQL_REAPABLE, (*expiry, now)).fetchone()
+            row = conn.execute(_PG_REAPABLE if postgres else _SQL_REAPABLE, (*expiry, now)).fetchone()
             if row is not None and (row[0], row[5]) not in reported:
                 job = _Claimed(*row)
                 error = (f"TimeoutError: attempt {job.attempts} did not finish within {job.timeout_ms} ms "
@@ -1714,11 +1744,14 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
                 todo.append(_failure_outcome(job, error, "timeout"))
         finished: dict[tuple[str, str], int] = {}
         if todo:
-            batch = orjson.dumps([outcome.as_json_row(now) for outcome in todo]).decode()
+            rows = [outcome.as_json_row(now) for outcome in todo]
+            if postgres:
+                recorded = conn.execute(_PG_RECORD_OUTCOMES, (now, *[list(column) for column in zip(*rows)]))
+            else:
+                recorded = conn.execute(_SQL_RECORD_OUTCOMES, (now, orjson.dumps(rows).decode()))
             # Outcomes missing from the answer were fenced out: their attempt
             # no longer owns the row.
-            states = {(job_id, lease): state for job_id, lease, state
-                      in conn.execute(_SQL_RECORD_OUTCOMES, (now, batch))}
+            states = {(job_id, lease): state for job_id, lease, state in recorded}
             for outcome in todo:
                 state = states.get((outcome.job_id, outcome.lease))
                 if state is None:
@@ -1737,9 +1770,14 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
             answer.more_to_prune = pruned == _PRUNE_BATCH
         if request.compact:
             _compact_counts(conn, now)
+        if postgres and (answer.enqueued or any(outcome.state == "pending" for outcome in answer.written)):
+            conn.notify()  # retries and ticks: other hosts' workers learn when they fall due
         for queue, limit in request.wants.items():
-            claimed = [_Claimed(*row) for row in
-                       conn.execute(_sql_claim(len(request.names)), (now, queue, limit, *request.names))]
+            if postgres:
+                found = conn.execute(_pg_claim(limit), {"names": list(request.names), "queue": queue, "now": now})
+            else:
+                found = conn.execute(_sql_claim(len(request.names)), (now, queue, limit, *request.names))
+            claimed = [_Claimed(*row) for row in found]
             # RETURNING gives rows in no promised order: restore the claim's.
             claimed.sort(key=lambda job: (-job.priority, job.run_at, job.id))
             answer.claimed[queue] = claimed
@@ -1810,8 +1848,9 @@ def _set_future(future: asyncio.Future, result: Any, error: BaseException | None
 
 def _text_to_match(value: str | None, what: str) -> str | None:
     """A str to look for in the file; one that no row can hold is a plain error."""
-    if value is not None and not (isinstance(value, str) and _is_utf8(value)):
-        raise ValueError(f"{what} must be a str of valid UTF-8 text, got {value!r}")
+    if value is not None and not (isinstance(value, str) and _is_storable(value)):
+        raise ValueError(f"{what} must be a str a database can store (no lone surrogate, no NUL), "
+                         f"got {value!r}")
     return value
 
 
@@ -1877,9 +1916,9 @@ class _StoreCalls:
         key = row.name if key is None else key
         if not isinstance(key, str) or not key:
             raise ValueError(f"key must be a non-empty str, got {key!r}")
-        if not _is_utf8(key):
-            raise SerializationError(f"key {key!r} is not valid UTF-8 text (it holds a lone surrogate); "
-                                     "give a str SQLite can store")
+        if not _is_storable(key):
+            raise SerializationError(f"key {key!r} is not text a database can store "
+                                     "(it holds a lone surrogate or a NUL character)")
         return self._run_and_wake(_set_recurring, key, seconds, row, self.clock, write=True)
 
     def unschedule(self, key: str) -> Any:
@@ -1902,10 +1941,11 @@ class Store(_StoreCalls):
         async def unschedule(self, key: str) -> bool: ...
 
 
-    def __init__(self, db: aiosqlite.Connection, path: str, clock: Callable[[], float],
+    def __init__(self, db: aiosqlite.Connection | _PgThread, path: str, clock: Callable[[], float],
                  keep_done: float) -> None:
         self._db = db
         self.path = path
+        self._postgres = db if isinstance(db, _PgThread) else None
         self.clock = clock
         self.keep_done = keep_done
         # The real path: SQLite follows a symlink and keeps the WAL beside
@@ -2203,7 +2243,9 @@ class Store(_StoreCalls):
         """
         self._wakers[callback] = poll_interval
         self._watch_interval = min(self._wakers.values())
-        if self._watching is None and self.path != ":memory:":
+        if self._watching is None and self._postgres is not None:
+            self._watching = self._listen_for_notices(self._postgres.conn)
+        elif self._watching is None and self.path != ":memory:":
             self._watching = self._watch_wal()
 
         def unsubscribe() -> None:
@@ -2267,6 +2309,20 @@ class Store(_StoreCalls):
         else:
             thread = threading.Thread(target=watch_by_stat, name="litejobs-watch", daemon=True)
         thread.start()
+        return stop
+
+    def _listen_for_notices(self, conn: _PgConnection) -> threading.Event:
+        stop, loop = threading.Event(), self._loop
+
+        def wake() -> bool:
+            try:
+                loop.call_soon_threadsafe(self._wake_workers)
+            except RuntimeError:  # the loop has closed
+                return False
+            return True
+
+        threading.Thread(target=_listen, args=(conn.url, conn.channel, stop, wake, lambda: conn.pid),
+                         name="litejobs-listen", daemon=True).start()
         return stop
 
     def _wal_signature(self) -> tuple[int, int] | None:
@@ -2373,6 +2429,8 @@ class Connecting:
     async def _open(self) -> Store:
         synchronous, clock, keep_done = _parse_options(self._options)
         path = os.fspath(self._path)
+        if _is_postgres_url(path):
+            return await self._open_postgres(path, clock, keep_done)
         _refuse_uri(path)
         _create_private_file(path)
         try:
@@ -2386,6 +2444,18 @@ class Connecting:
                 store._quick = _open_quick_connection(path)
         except BaseException:
             await db.close()
+            raise
+        return store
+
+    async def _open_postgres(self, url: str, clock: Callable[[], float], keep_done: float) -> Store:
+        server_clock = None if "clock" in self._options else _ServerClock()
+        loop = asyncio.get_running_loop()
+        conn = await loop.run_in_executor(None, functools.partial(_PgConnection, url, clock=server_clock))
+        store = Store(_PgThread(conn), conn.path, server_clock or clock, keep_done)
+        try:
+            await store._run(_open_pg_schema, conn.path, "")
+        except BaseException:
+            await store._db.close()
             raise
         return store
 
@@ -2442,13 +2512,24 @@ class SyncStore(_StoreCalls):
         opening it changes nothing.  ``read_only=True``: open it read-only too."""
         synchronous, self.clock, self.keep_done = _parse_options(options)
         self.path = os.fspath(path)
+        self._lock = threading.Lock()  # held by every call, close() included
+        self._closed = False
+        self._conn: sqlite3.Connection | _PgConnection
+        if _is_postgres_url(self.path):
+            server_clock = None if "clock" in options else _ServerClock()
+            self._conn = _PgConnection(self.path, read_only=read_only, clock=server_clock)
+            self.path, self.clock = self._conn.path, server_clock or self.clock
+            try:
+                self._run(_open_pg_schema, self.path, synchronous, create)
+            except BaseException:
+                self._conn.close()
+                raise
+            return
         _refuse_uri(self.path)
         if not create and not os.path.exists(self.path):
             raise StoreError(f"{self.path}: no such file")
         if create:
             _create_private_file(self.path)
-        self._lock = threading.Lock()  # held by every call, close() included
-        self._closed = False
         self._conn = self._connect(read_only)
         try:
             self._run(_open_schema, self.path, synchronous, create)
@@ -2530,6 +2611,503 @@ class SyncStore(_StoreCalls):
 def connect_sync(path: str | os.PathLike, **options: Any) -> SyncStore:
     """Open (and create) the job database at ``path`` without asyncio."""
     return SyncStore(path, **options)
+
+
+# --------------------------------------------------------------------------
+# The PostgreSQL store: the same calls, worker and CLI on many machines
+# --------------------------------------------------------------------------
+#
+# The functions above run unchanged on a _PgConnection, which speaks the
+# part of sqlite3's interface they use.  Where PostgreSQL needs other SQL
+# (the claim, the outcome batch, inserts, the recurring ticks), the function
+# asks _on_postgres(conn) and takes the statement below.  Three things differ
+# in kind, not in spelling:
+#
+# - Time is the server's: every store's clock is the database server's time,
+#   read off this host's monotonic clock (see _ServerClock), so hosts whose
+#   clocks disagree agree on when a job is due and when an attempt expired.
+# - Wake-ups come by LISTEN/NOTIFY on a connection of their own: writes
+#   that make a job due send a notice on the schema's channel.
+# - A lost connection is a StoreError to the caller; the next call
+#   connects again.  A worker retries its round trip with backoff, and
+#   fencing makes a late or repeated outcome harmless.
+
+_PG_DDL = [
+    """CREATE TABLE IF NOT EXISTS litejobs_meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+    # The CHECKs are those of the SQLite table; PostgreSQL's column types
+    # keep out what SQLite's typeof() checks there.
+    """CREATE TABLE IF NOT EXISTS litejobs_jobs (
+        id               BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        name             TEXT NOT NULL,
+        queue            TEXT NOT NULL,
+        payload          TEXT NOT NULL,
+        state            TEXT NOT NULL DEFAULT 'pending'
+                         CHECK (state IN ('pending', 'running', 'done', 'dead', 'cancelled')),
+        priority         BIGINT NOT NULL DEFAULT 0,
+        run_at           DOUBLE PRECISION NOT NULL,
+        attempts         BIGINT NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+        max_retries      BIGINT CHECK (max_retries >= 0),
+        backoff          TEXT NOT NULL CHECK (backoff IN ('linear', 'exponential')),
+        backoff_value    DOUBLE PRECISION NOT NULL CHECK (backoff_value >= 0),
+        timeout_ms       BIGINT NOT NULL CHECK (timeout_ms > 0),
+        unique_key       TEXT,
+        lease            BIGINT NOT NULL DEFAULT 0,
+        deadline         DOUBLE PRECISION,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        created_at       DOUBLE PRECISION NOT NULL,
+        started_at       DOUBLE PRECISION,
+        finished_at      DOUBLE PRECISION,
+        last_error       TEXT,
+        result           TEXT
+    )""",
+    # The claim walks this index per job name, in its ORDER BY, and locks
+    # only the rows it takes (see _PG_CLAIM).
+    """CREATE INDEX IF NOT EXISTS litejobs_jobs_claim_by_name
+        ON litejobs_jobs (queue, name, priority DESC, run_at, id) WHERE state = 'pending'""",
+    """CREATE INDEX IF NOT EXISTS litejobs_jobs_scheduled
+        ON litejobs_jobs (run_at) WHERE state = 'pending' AND run_at > created_at""",
+    """CREATE INDEX IF NOT EXISTS litejobs_jobs_deadline
+        ON litejobs_jobs (deadline) WHERE state = 'running'""",
+    """CREATE INDEX IF NOT EXISTS litejobs_jobs_cancel
+        ON litejobs_jobs (id) WHERE state = 'running' AND cancel_requested = 1""",
+    """CREATE INDEX IF NOT EXISTS litejobs_jobs_finished
+        ON litejobs_jobs (finished_at) WHERE state IN ('done', 'dead', 'cancelled')""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS litejobs_jobs_unique_key
+        ON litejobs_jobs (unique_key)
+        WHERE unique_key IS NOT NULL AND state IN ('pending', 'running')""",
+    """CREATE TABLE IF NOT EXISTS litejobs_counts (
+        queue TEXT NOT NULL,
+        state TEXT NOT NULL,
+        hour  BIGINT NOT NULL,
+        n     BIGINT NOT NULL,
+        PRIMARY KEY (queue, state, hour)
+    )""",
+    """CREATE TABLE IF NOT EXISTS litejobs_recurring (
+        key           TEXT PRIMARY KEY,
+        interval      DOUBLE PRECISION NOT NULL,
+        next_run      DOUBLE PRECISION NOT NULL,
+        name          TEXT NOT NULL,
+        queue         TEXT NOT NULL,
+        payload       TEXT NOT NULL,
+        priority      BIGINT NOT NULL,
+        max_retries   BIGINT,
+        backoff       TEXT NOT NULL,
+        backoff_value DOUBLE PRECISION NOT NULL,
+        timeout_ms    BIGINT NOT NULL,
+        last_id       BIGINT
+    )""",
+    """CREATE TABLE IF NOT EXISTS litejobs_workers (
+        id         TEXT PRIMARY KEY,
+        host       TEXT NOT NULL,
+        pid        BIGINT NOT NULL,
+        names      TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL
+    )""",
+]
+
+# Rows come from arrays, one per column: one statement and one round trip
+# for a whole batch, whatever its size.  The ids come back in the arrays'
+# order (WITH ORDINALITY), and the notice reaches listeners at commit.
+_PG_INSERT_JOBS = """
+    WITH rows AS (
+        SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::float8[], %s::bigint[],
+                             %s::text[], %s::float8[], %s::bigint[], %s::text[])
+               WITH ORDINALITY AS r(name, queue, payload, priority, run_at, max_retries,
+                                    backoff, backoff_value, timeout_ms, unique_key, n)
+    ), inserted AS (
+        INSERT INTO litejobs_jobs (name, queue, payload, priority, run_at, max_retries,
+                                   backoff, backoff_value, timeout_ms, unique_key, created_at)
+        SELECT name, queue, payload, priority, run_at, max_retries, backoff, backoff_value,
+               timeout_ms, unique_key, %s FROM rows ORDER BY n
+        RETURNING id
+    )
+    SELECT id FROM inserted, (SELECT pg_notify(%s, '')) AS notice ORDER BY id"""
+
+# A job with a unique_key: inserted unless one with its key waits or runs.
+_PG_INSERT_UNIQUE = f"""
+    {_SQL_INSERT_JOB}
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('pending', 'running') DO NOTHING
+    RETURNING id"""
+
+
+@functools.cache
+def _pg_claim(limit: int) -> str:
+    """The claim: per job name, the best ``limit`` due jobs from the claim
+    index, each locked with SKIP LOCKED (a row another worker is taking is
+    passed over, never waited for); the best ``limit`` of those are taken.
+
+    The limit is written into the statement, not passed: with LIMIT as a
+    parameter PostgreSQL may fall back to a generic plan that scans.
+    """
+    return f"""
+        WITH chosen AS (
+            SELECT job.id FROM unnest(%(names)s::text[]) AS wanted(name)
+            CROSS JOIN LATERAL (
+                SELECT id, priority, run_at FROM litejobs_jobs
+                 WHERE state = 'pending' AND queue = %(queue)s AND name = wanted.name AND run_at <= %(now)s
+                 ORDER BY priority DESC, run_at, id
+                 LIMIT {int(limit)}
+                 FOR UPDATE SKIP LOCKED) AS job
+            ORDER BY job.priority DESC, job.run_at, job.id
+            LIMIT {int(limit)})
+        UPDATE litejobs_jobs AS j
+           SET state = 'running', attempts = attempts + 1, lease = lease + 1,
+               started_at = %(now)s, deadline = %(now)s + timeout_ms / 1000.0 + {_WATCHDOG_GRACE}
+          FROM chosen WHERE j.id = chosen.id
+        RETURNING j.id, j.name, j.queue, convert_to(j.payload, 'UTF8'), j.attempts, j.lease, j.max_retries,
+                  j.backoff, j.backoff_value, j.timeout_ms, j.priority, j.run_at"""
+
+
+# The outcome batch, as _SQL_RECORD_OUTCOMES, from one array per column.
+_PG_RECORD_OUTCOMES = """
+    UPDATE litejobs_jobs AS j
+       SET state = CASE WHEN o.state IN ('pending', 'dead') AND j.cancel_requested = 1
+                        THEN 'cancelled' ELSE o.state END,
+           run_at = coalesce(o.run_at, j.run_at),
+           finished_at = CASE WHEN o.state IN ('pending', 'dead') AND j.cancel_requested = 1
+                              THEN %s ELSE o.finished_at END,
+           last_error = coalesce(o.error, j.last_error), result = o.result,
+           attempts = j.attempts - o.uncount, deadline = NULL
+      FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::float8[], %s::float8[], %s::text[], %s::text[],
+                  %s::int[]) AS o(id, lease, state, run_at, finished_at, error, result, uncount)
+     WHERE j.id = o.id AND j.lease = o.lease AND j.state = 'running'
+    RETURNING j.id, j.lease, j.state"""
+
+_PG_REAPABLE = """
+    SELECT id, name, queue, convert_to(payload, 'UTF8'), attempts, lease, max_retries, backoff, backoff_value,
+           timeout_ms, priority, run_at
+      FROM litejobs_jobs
+     WHERE id = %s AND lease = %s AND deadline = %s AND state = 'running' AND deadline <= %s"""
+
+# Two hosts' workers may look at once: the row lock makes one of them fire
+# the tick, and the other pass it over (PostgreSQL re-reads a locked row's
+# next_run before it returns it).
+_PG_RECURRING_DUE = _SQL_RECURRING_DUE + " FOR UPDATE SKIP LOCKED"
+
+# UPDATE OR IGNORE, spelled out: a dead job whose unique_key another job
+# holds stays dead, and of dead jobs sharing a key only the newest returns.
+_PG_RETRY_JOBS = """
+    UPDATE litejobs_jobs AS j
+       SET state = 'pending', attempts = 0, run_at = %(now)s, finished_at = NULL,
+           deadline = NULL, cancel_requested = 0, result = NULL
+     WHERE CASE WHEN %(id)s::bigint IS NULL THEN state = 'dead' AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+                ELSE id = %(id)s AND state IN ('done', 'dead', 'cancelled') END
+       AND (unique_key IS NULL
+            OR (NOT EXISTS (SELECT 1 FROM litejobs_jobs AS o WHERE o.unique_key = j.unique_key
+                                                               AND o.state IN ('pending', 'running'))
+                AND j.id = (SELECT max(d.id) FROM litejobs_jobs AS d
+                             WHERE d.unique_key = j.unique_key AND d.state IN ('done', 'dead', 'cancelled'))))"""
+
+_PG_SCHEMA_LOCK = 0x6C6974656A6F6273  # "litejobs": an advisory lock while tables are made
+
+
+def _on_postgres(conn: Any) -> bool:
+    return isinstance(conn, _PgConnection)
+
+
+def _is_postgres_url(path: Any) -> bool:
+    """True for a ``postgresql://`` or ``postgres://`` URL."""
+    return isinstance(path, str) and path.startswith(("postgresql://", "postgres://"))
+
+
+def _import_psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise StoreError("a PostgreSQL URL needs psycopg 3: pip install 'litejobs[postgres]' "
+                         "(or pip install 'psycopg[binary]')") from None
+    return psycopg
+
+
+def _redacted(url: str) -> str:
+    """The URL with its password, if any, replaced by ***: for logs and errors."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+class _ServerClock:
+    """The database server's time, read off this host's monotonic clock.
+
+    Measured when a connection opens and again every _SERVER_CLOCK_CHECK
+    seconds: a read of the server's clock costs a round trip, which every
+    enqueue and claim would otherwise pay.  The error is half a round trip.
+    """
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.measured_at: float | None = None
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def measure(self, conn: Any) -> None:
+        before = time.monotonic()
+        server_time = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0]
+        after = time.monotonic()
+        self.offset = server_time - (before + after) / 2
+        self.measured_at = after
+
+    def stale(self) -> bool:
+        return self.measured_at is None or time.monotonic() - self.measured_at > _SERVER_CLOCK_CHECK
+
+
+_SERVER_CLOCK_CHECK = 30.0
+_PG_GIVE_UP_AFTER = 5.0  # a connection that cannot be made again within this is the caller's error
+
+
+class _PgConnection:
+    """A psycopg connection that speaks what the store's functions use of
+    sqlite3's: ``execute`` (with ``?`` and ``?N`` placeholders) and
+    ``executemany``.  It opens the connection again after one was lost."""
+
+    def __init__(self, url: str, *, read_only: bool = False, clock: _ServerClock | None = None) -> None:
+        self.psycopg = _import_psycopg()
+        self.url = url
+        self.path = _redacted(url)
+        self.read_only = read_only
+        self.server_clock = clock
+        self.channel = "litejobs"
+        self._conn: Any = None
+        self.closed = False
+        self.connect()
+
+    @staticmethod
+    def borrowing(conn: Any) -> _PgConnection:
+        """Wrap a caller's open psycopg connection, as it is: its transaction stays the caller's."""
+        wrapper = _PgConnection.__new__(_PgConnection)
+        wrapper.psycopg = sys.modules["psycopg"]
+        wrapper.url = wrapper.path = "the caller's connection"
+        wrapper.read_only, wrapper.server_clock, wrapper.closed = False, None, False
+        wrapper._conn = conn
+        wrapper.channel = _pg_channel(conn)
+        return wrapper
+
+    def connect(self) -> None:
+        options: dict[str, Any] = {"autocommit": True, "application_name": "litejobs"}
+        given = self.psycopg.conninfo.conninfo_to_dict(self.url)
+        # A cut network shows as a dead connection within half a minute,
+        # not the operating system's quarter of an hour.
+        for key, value in (("connect_timeout", 10), ("keepalives", 1), ("keepalives_idle", 10),
+                           ("keepalives_interval", 5), ("keepalives_count", 3)):
+            if key not in given:
+                options[key] = value
+        try:
+            self._conn = self.psycopg.connect(self.url, **options)
+            if self.read_only:
+                self._conn.execute("SET default_transaction_read_only = on")
+            self.channel = _pg_channel(self._conn)
+            if self.server_clock is not None:
+                self.server_clock.measure(self._conn)
+        except self.psycopg.Error as exc:
+            self._conn = None
+            raise self.error(exc) from None
+
+    def error(self, exc: BaseException) -> StoreError:
+        """A StoreError naming the database, its password never shown."""
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        password = urllib.parse.urlsplit(self.url).password if "://" in self.url else None
+        if password:
+            text = text.replace(password, "***")
+        return StoreError(f"{self.path}: {text}")
+
+    @property
+    def pid(self) -> int | None:
+        """The server process of this connection, whose own notices its listener ignores."""
+        return None if self._conn is None else self._conn.info.backend_pid
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
+        if not params or "%(" in sql or "%s" in sql:  # PostgreSQL's own statement, or none to bind
+            return self._conn.execute(sql, params or None)
+        translated, order = _pyformat(sql)
+        if order is not None:
+            params = [params[i] for i in order]
+        return self._conn.execute(translated, params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        rows = list(rows)
+        if rows:
+            translated, order = _pyformat(sql)
+            if order is not None:
+                rows = [[row[i] for i in order] for row in rows]
+            self._conn.cursor().executemany(translated, rows)
+
+    def notify(self) -> None:
+        """Wake listening workers of every host once this transaction commits."""
+        self._conn.execute("SELECT pg_notify(%s, '')", (self.channel,))
+
+    def run(self, fn: Callable, *args: Any, write: bool = False) -> Any:
+        """``fn(self, *args)``, in one transaction when ``write``.  A lost
+        connection is opened again: at once when it was found lost before
+        anything was sent, else on the next call."""
+        if self.closed:
+            raise StoreError(f"the store for {self.path!r} is closed")
+        if self._conn is None or self._conn.closed:
+            self.connect()
+        if self.server_clock is not None and self.server_clock.stale():
+            try:
+                self.server_clock.measure(self._conn)
+            except self.psycopg.Error as exc:
+                self._lost()
+                raise self.error(exc) from None
+        try:
+            if not write:
+                return fn(self, *args)
+            with self._conn.transaction():
+                return fn(self, *args)
+        except (self.psycopg.OperationalError, self.psycopg.InterfaceError) as exc:
+            if self._conn.closed or self._conn.broken:
+                self._lost()
+                raise self.error(exc) from None
+            raise self.error(exc) from exc
+        except self.psycopg.Error as exc:
+            raise self.error(exc) from exc
+
+    def _lost(self) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.close()
+        self._conn = None
+
+    def close(self) -> None:
+        self.closed = True
+        if self._conn is not None:
+            self._conn.close()
+
+
+@functools.lru_cache(maxsize=256)
+def _pyformat(sql: str) -> tuple[str, tuple[int, ...] | None]:
+    """sqlite3's ``?`` and ``?N`` placeholders as psycopg's ``%s``, and
+    which parameter each ``%s`` takes (None: in order)."""
+    order: list[int] = []
+
+    def placeholder(match: re.Match) -> str:
+        if match.group(1):
+            order.append(int(match.group(1)) - 1)
+        return "%s"
+
+    translated = re.sub(r"\?(\d*)", placeholder, sql.replace("%", "%%"))
+    return translated, (tuple(order) if order else None)
+
+
+def _pg_channel(conn: Any) -> str:
+    """The channel of the connection's schema: apps sharing a database in
+    different schemas do not wake each other's workers."""
+    schema = conn.execute("SELECT current_schema()").fetchone()[0] or "public"
+    return f"litejobs.{schema}"
+
+
+def _open_pg_schema(conn: _PgConnection, path: str, synchronous: str, create: bool = True) -> None:
+    """The tables, made once under an advisory lock (two hosts starting at
+    once would race to make them).  With ``create`` false nothing is written."""
+    def tables() -> set[str]:
+        return {row[0] for row in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE 'litejobs%'")}
+
+    found = tables()
+    if "litejobs_meta" not in found and found:
+        raise StoreError(f"{path} has litejobs_ tables that litejobs did not create; not touching them")
+    if "litejobs_meta" in found:
+        row = conn.execute("SELECT value FROM litejobs_meta WHERE key = 'schema_version'").fetchone()
+        if row is None or not str(row[0]).isdigit():
+            raise StoreError(f"{path}: litejobs_meta has no valid schema_version (was it edited by hand?)")
+        _refuse_newer_schema(path, int(row[0]))
+        return
+    if not create:
+        raise StoreError(f"{path}: not a litejobs database (it has no litejobs tables)")
+
+    def create_tables(conn: _PgConnection) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK,))
+        for statement in _PG_DDL:
+            conn.execute(statement)
+        conn.execute("""INSERT INTO litejobs_meta (key, value) VALUES ('schema_version', %s)
+                        ON CONFLICT (key) DO NOTHING""", (str(_SCHEMA_VERSION),))
+
+    conn.run(create_tables, write=True)
+
+
+def _pg_insert_jobs(conn: _PgConnection, rows: Sequence[NewJob], now: float) -> list[tuple[int, bool]]:
+    if all(row.unique_key is None for row in rows):
+        columns = [list(column) for column in zip(*(row._row(now)[:-1] for row in rows), strict=True)]
+        ids = [job_id for job_id, in conn.execute(_PG_INSERT_JOBS, (*columns, now, conn.channel))]
+        return [(job_id, True) for job_id in ids]
+    ids = []
+    for row in rows:
+        while True:
+            inserted = conn.execute(_PG_INSERT_UNIQUE, row._row(now)).fetchone()
+            if inserted is not None:
+                ids.append((inserted[0], True))
+                break
+            existing = conn.execute(_SQL_FIND_UNIQUE, (row.unique_key,)).fetchone()
+            if existing is not None:  # else it finished just now: try again
+                ids.append((existing[0], False))
+                break
+    conn.notify()
+    return ids
+
+
+class _PgThread:
+    """A _PgConnection with a thread of its own, for the async Store: its
+    calls run there one at a time, in order, as aiosqlite runs SQLite's.
+    It answers to the two names the Store uses of aiosqlite's connection."""
+
+    def __init__(self, conn: _PgConnection) -> None:
+        import concurrent.futures
+
+        self.conn = conn
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="litejobs-postgres")
+
+    @property
+    def _conn(self) -> _PgConnection:
+        if self.conn.closed:
+            raise ValueError("closed")
+        return self.conn
+
+    async def _execute(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(fn, *args, **kwargs))
+
+    async def close(self) -> None:
+        try:
+            await self._execute(self.conn.close)
+        finally:
+            self._executor.shutdown(wait=False)
+
+
+def _listen(url: str, channel: str, stop: threading.Event, wake: Callable[[], bool],
+            own_pid: Callable[[], int | None]) -> None:
+    """LISTEN on a connection of its own, and wake the loop at each notice
+    from another connection (the store's own writes wake its workers
+    already).  A lost connection is made again with backoff, and the loop
+    woken after, since notices may have been missed meanwhile."""
+    psycopg = _import_psycopg()
+    pause = 0.1
+    while not stop.is_set():
+        try:
+            with psycopg.connect(url, autocommit=True, application_name="litejobs-listen") as conn:
+                conn.execute(f"LISTEN {psycopg.sql.Identifier(channel).as_string(conn)}")
+                pause = 0.1
+                if not wake():
+                    return
+                while not stop.is_set():
+                    # One notice at a time, so the loop is woken at the first;
+                    # the timeout lets the thread see ``stop``.
+                    for notice in conn.notifies(timeout=1.0, stop_after=1):
+                        if notice.pid != own_pid() and not wake():
+                            return
+                    time.sleep(_NOTICE_GAP)  # a burst of notices wakes the loop once a millisecond at most
+        except psycopg.Error as exc:
+            if stop.is_set():  # the store closed, or its database went away with it
+                return
+            logger.warning("listening for new jobs on %s failed, trying again in %.1fs: %s",
+                           _redacted(url), pause, exc)
+            stop.wait(pause)
+            pause = min(pause * 2, 5.0)
 
 
 # --------------------------------------------------------------------------
@@ -3484,7 +4062,7 @@ async def _command_worker(args: Any) -> int:
     if isinstance(target, type) and issubclass(target, Job):
         raise ValueError(f"{args.target} is a Job class; give a list of Job classes (like JOBS = "
                          f"[{target.__name__}]) or a function that takes the store and returns a Worker")
-    if not os.path.exists(args.db):
+    if not _is_postgres_url(args.db) and not os.path.exists(args.db):
         logger.warning("%s does not exist yet: creating an empty job database", args.db)
     async with connect(args.db) as store:
         if isinstance(target, (list, tuple)):
@@ -3578,7 +4156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "worker":
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             return asyncio.run(_command_worker(args))
-        if not os.path.exists(args.db):  # inspecting never creates a file
+        if not _is_postgres_url(args.db) and not os.path.exists(args.db):  # inspecting never creates a file
             raise StoreError(f"{args.db}: no such file (use --db PATH or set LITEJOBS_DB)")
         read_only = args.command in ("stats", "jobs", "show")
         with SyncStore(args.db, create=False, read_only=read_only) as store:
