@@ -64,6 +64,7 @@ __all__ = [
     "connect",
     "connect_sync",
     "current",
+    "enqueue_in",
     "main",
     "new_job",
 ]
@@ -2728,7 +2729,7 @@ _PG_INSERT_JOBS = """
 
 # A job with a unique_key: inserted unless one with its key waits or runs.
 _PG_INSERT_UNIQUE = f"""
-    {_SQL_INSERT_JOB}
+    {_SQL_INSERT_JOB.replace("?", "%s")}
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('pending', 'running') DO NOTHING
     RETURNING id"""
 
@@ -2800,6 +2801,12 @@ _PG_RETRY_JOBS = """
                                                                AND o.state IN ('pending', 'running'))
                 AND j.id = (SELECT max(d.id) FROM litejobs_jobs AS d
                              WHERE d.unique_key = j.unique_key AND d.state IN ('done', 'dead', 'cancelled'))))"""
+
+_PG_FIND_UNIQUE = _SQL_FIND_UNIQUE.replace("?", "%s")
+
+# What an enqueue on a caller's own connection reads first: the server's
+# time, and the channel of the connection's schema.
+_PG_NOW_AND_CHANNEL = "SELECT extract(epoch FROM clock_timestamp())::float8, 'litejobs.' || current_schema()"
 
 _PG_SCHEMA_LOCK = 0x6C6974656A6F6273  # "litejobs": an advisory lock while tables are made
 
@@ -2998,8 +3005,7 @@ def _pyformat(sql: str) -> tuple[str, tuple[int, ...] | None]:
 def _pg_channel(conn: Any) -> str:
     """The channel of the connection's schema: apps sharing a database in
     different schemas do not wake each other's workers."""
-    schema = conn.execute("SELECT current_schema()").fetchone()[0] or "public"
-    return f"litejobs.{schema}"
+    return conn.execute(_PG_NOW_AND_CHANNEL).fetchone()[1]
 
 
 def _open_pg_schema(conn: _PgConnection, path: str, synchronous: str, create: bool = True) -> None:
@@ -3031,11 +3037,16 @@ def _open_pg_schema(conn: _PgConnection, path: str, synchronous: str, create: bo
     conn.run(create_tables, write=True)
 
 
+def _pg_insert_arguments(rows: Sequence[NewJob], now: float, channel: str) -> tuple:
+    """_PG_INSERT_JOBS's arguments: one array per column, the time, the channel."""
+    columns = [list(column) for column in zip(*(row._row(now)[:-1] for row in rows), strict=True)]
+    return (*columns, now, channel)
+
+
 def _pg_insert_jobs(conn: _PgConnection, rows: Sequence[NewJob], now: float) -> list[tuple[int, bool]]:
     if all(row.unique_key is None for row in rows):
-        columns = [list(column) for column in zip(*(row._row(now)[:-1] for row in rows), strict=True)]
-        ids = [job_id for job_id, in conn.execute(_PG_INSERT_JOBS, (*columns, now, conn.channel))]
-        return [(job_id, True) for job_id in ids]
+        return [(job_id, True) for job_id, in conn.execute(_PG_INSERT_JOBS, _pg_insert_arguments(rows, now,
+                                                                                                  conn.channel))]
     ids = []
     for row in rows:
         while True:
@@ -3043,11 +3054,32 @@ def _pg_insert_jobs(conn: _PgConnection, rows: Sequence[NewJob], now: float) -> 
             if inserted is not None:
                 ids.append((inserted[0], True))
                 break
-            existing = conn.execute(_SQL_FIND_UNIQUE, (row.unique_key,)).fetchone()
+            existing = conn.execute(_PG_FIND_UNIQUE, (row.unique_key,)).fetchone()
             if existing is not None:  # else it finished just now: try again
                 ids.append((existing[0], False))
                 break
     conn.notify()
+    return ids
+
+
+async def _pg_insert_jobs_async(conn: Any, rows: Sequence[NewJob]) -> list[tuple[int, bool]]:
+    """_pg_insert_jobs on a caller's psycopg AsyncConnection."""
+    now, channel = (await (await conn.execute(_PG_NOW_AND_CHANNEL)).fetchone())
+    if all(row.unique_key is None for row in rows):
+        cursor = await conn.execute(_PG_INSERT_JOBS, _pg_insert_arguments(rows, now, channel))
+        return [(job_id, True) for job_id, in await cursor.fetchall()]
+    ids = []
+    for row in rows:
+        while True:
+            inserted = await (await conn.execute(_PG_INSERT_UNIQUE, row._row(now))).fetchone()
+            if inserted is not None:
+                ids.append((inserted[0], True))
+                break
+            existing = await (await conn.execute(_PG_FIND_UNIQUE, (row.unique_key,))).fetchone()
+            if existing is not None:
+                ids.append((existing[0], False))
+                break
+    await conn.execute("SELECT pg_notify(%s, '')", (channel,))
     return ids
 
 
@@ -3108,6 +3140,52 @@ def _listen(url: str, channel: str, stop: threading.Event, wake: Callable[[], bo
                            _redacted(url), pause, exc)
             stop.wait(pause)
             pause = min(pause * 2, 5.0)
+
+
+# --------------------------------------------------------------------------
+# Enqueueing inside your own transaction
+# --------------------------------------------------------------------------
+
+
+def enqueue_in(conn: Any, job: Job | NewJob, **options: Any) -> Any:
+    """Write ``job`` with your own open connection, inside your own
+    transaction, without committing: the job exists if and only if your
+    transaction commits, and workers wake once it does.  Returns its id.
+
+    ``conn`` is a ``sqlite3.Connection`` on the job database, or a psycopg 3
+    connection to the PostgreSQL one; with a psycopg ``AsyncConnection``,
+    await the call.  Options are those of ``new_job``.
+    """
+    rows = _new_jobs([job], options)
+    module = type(conn).__module__.split(".")[0]
+    if isinstance(conn, sqlite3.Connection):
+        try:
+            return _insert_jobs(conn, rows, time.time)[0][0]
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                raise StoreError("enqueue_in: this connection's database has no litejobs tables: open it "
+                                 "once with litejobs.connect() first") from None
+            raise StoreError(f"enqueue_in: {exc}") from exc
+    if module == "psycopg" and inspect.iscoroutinefunction(getattr(conn, "execute", None)):
+        return _enqueue_in_async(conn, rows)
+    if module == "psycopg":
+        wrapper = _PgConnection.borrowing(conn)
+        now = conn.execute(_PG_NOW_AND_CHANNEL).fetchone()[0]
+        try:
+            return _pg_insert_jobs(wrapper, rows, now)[0][0]
+        except wrapper.psycopg.errors.UndefinedTable:
+            raise StoreError("enqueue_in: this connection's database has no litejobs tables: open it "
+                             "once with litejobs.connect() first") from None
+    raise TypeError(f"enqueue_in needs a sqlite3.Connection or a psycopg connection, got {type(conn).__name__}")
+
+
+async def _enqueue_in_async(conn: Any, rows: list[NewJob]) -> int:
+    psycopg = _import_psycopg()
+    try:
+        return (await _pg_insert_jobs_async(conn, rows))[0][0]
+    except psycopg.errors.UndefinedTable:
+        raise StoreError("enqueue_in: this connection's database has no litejobs tables: open it "
+                         "once with litejobs.connect() first") from None
 
 
 # --------------------------------------------------------------------------

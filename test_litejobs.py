@@ -3311,6 +3311,81 @@ def test_four_workers_two_enqueuers_no_lock_errors_every_job_once(tmp_path, db):
     assert s.done == total == s.done_counts.all_time
 
 
+# -- enqueueing inside the caller's own transaction -----------------------------
+
+
+def _own_connection(db):
+    """The connection an application already has: sqlite3's, or psycopg's."""
+    if on_postgres(db):
+        import psycopg
+
+        return psycopg.connect(db)
+    return sqlite3.connect(db)
+
+
+def test_enqueue_in_writes_inside_the_callers_transaction_and_only_a_commit_keeps_it(db):
+    async def main():
+        async with litejobs.connect(db) as store:
+            conn = _own_connection(db)
+            try:
+                conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT)")
+                conn.commit()
+                conn.execute("INSERT INTO orders (id, item) VALUES (1, 'lost')")
+                dropped = litejobs.enqueue_in(conn, Echo("lost"))
+                assert await store.get(dropped) is None  # not before the commit
+                conn.rollback()
+                conn.execute("INSERT INTO orders (id, item) VALUES (2, 'kept')")
+                kept = litejobs.enqueue_in(conn, Echo("kept"), priority=3)
+                assert await store.get(kept) is None
+                conn.commit()
+                assert [row[0] for row in conn.execute("SELECT id FROM orders")] == [2]
+                with pytest.raises(litejobs.SerializationError):  # bad input: a clear error, nothing written
+                    litejobs.enqueue_in(conn, Echo(1), queue="nul\x00")
+                conn.rollback()
+            finally:
+                conn.close()
+            # Only the committed job exists (SQLite may give it the id the rolled-back one had).
+            assert [(job.id, job.payload, job.priority) for job in await store.jobs()] == [(kept, {"value": "kept"}, 3)]
+            async with litejobs.Worker(store, [Echo], poll_interval=0.01):
+                assert await store.wait(kept, timeout=15) == "kept"
+            assert [job.id for job in await store.jobs()] == [kept]
+
+    run(main())
+
+
+def test_enqueue_in_on_a_database_without_litejobs_tables_says_so(db, tmp_path):
+    if on_postgres(db):
+        import psycopg
+
+        conn = psycopg.connect(db)
+        conn.execute("DROP TABLE litejobs_jobs CASCADE")
+        conn.commit()
+    else:
+        conn = sqlite3.connect(str(tmp_path / "app.db"))
+    with pytest.raises(litejobs.StoreError, match="no litejobs tables: open it once with litejobs.connect"):
+        litejobs.enqueue_in(conn, Echo(1))
+    with pytest.raises(TypeError, match="needs a sqlite3.Connection or a psycopg connection, got str"):
+        litejobs.enqueue_in("jobs.db", Echo(1))
+    conn.close()
+
+
+def test_enqueue_in_on_an_async_psycopg_connection(postgresql_db):
+    import psycopg
+
+    async def main():
+        async with litejobs.connect(postgresql_db) as store:
+            async with await psycopg.AsyncConnection.connect(postgresql_db) as conn:
+                dropped = await litejobs.enqueue_in(conn, Echo("lost"))
+                await conn.rollback()
+                kept = await litejobs.enqueue_in(conn, Echo("kept"), unique_key="once")
+                assert await litejobs.enqueue_in(conn, Echo("again"), unique_key="once") == kept
+                await conn.commit()
+            assert await store.get(dropped) is None
+            assert (await store.get(kept)).payload == {"value": "kept"}
+
+    run(main())
+
+
 # -- the synchronous twin ------------------------------------------------------
 
 
