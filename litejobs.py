@@ -1654,6 +1654,119 @@ def _enqueue_recurring(conn: sqlite3.Connection, now: float) -> list[tuple[int, 
     return enqueued
 
 
+# -- moving jobs between stores ------------------------------------------------
+# ``litejobs export`` writes JSON lines: a header, then one line per pending,
+# scheduled or dead job and one per recurring schedule, each column as
+# stored (the payload as its JSON text, times as epoch seconds).  Importing
+# is all or nothing, and adds only what the target does not hold yet: a
+# job counts as there when a row with the same name, queue, payload, state,
+# priority, due time, attempts, creation time and key exists (as many such
+# rows as the file has such lines), a schedule when its key exists.
+
+_EXPORT_HEADER = {"litejobs": "export", "version": 1}
+_EXPORT_JOB_FIELDS = ("name", "queue", "payload", "state", "priority", "run_at", "attempts", "max_retries",
+                      "backoff", "backoff_value", "timeout_ms", "unique_key", "created_at", "finished_at",
+                      "last_error")
+_EXPORT_RECURRING_FIELDS = ("key", "interval", "next_run", "name", "queue", "payload", "priority", "max_retries",
+                            "backoff", "backoff_value", "timeout_ms")
+_JOB_IDENTITY = ("name", "queue", "payload", "state", "priority", "run_at", "attempts", "created_at", "unique_key")
+
+
+def _export_records(conn: Any) -> list[dict[str, Any]]:
+    running = conn.execute("SELECT count(*) FROM litejobs_jobs WHERE state = 'running'").fetchone()[0]
+    if running:
+        raise LiteJobsError(f"{running} job(s) are running: stop the workers first, then export "
+                            "(a running attempt cannot move)")
+    records: list[dict[str, Any]] = [dict(_EXPORT_HEADER)]
+    for row in conn.execute(f"SELECT {', '.join(_EXPORT_JOB_FIELDS)} FROM litejobs_jobs "
+                            "WHERE state IN ('pending', 'dead') ORDER BY id"):
+        records.append({"job": dict(zip(_EXPORT_JOB_FIELDS, row, strict=True))})
+    for row in conn.execute(f"SELECT {', '.join(_EXPORT_RECURRING_FIELDS)} FROM litejobs_recurring ORDER BY key"):
+        records.append({"recurring": dict(zip(_EXPORT_RECURRING_FIELDS, row, strict=True))})
+    return records
+
+
+def _import_records(conn: Any, records: Sequence[tuple[int, dict[str, Any]]]) -> tuple[int, int, int]:
+    """Add what ``records`` (line number, record) hold and the store does
+    not; returns (jobs added, jobs already there, schedules added)."""
+    groups: dict[tuple, list[tuple[int, dict[str, Any]]]] = {}
+    schedules = []
+    for line, record in records:
+        if "job" in record:
+            job = record["job"]
+            groups.setdefault(tuple(job[field] for field in _JOB_IDENTITY), []).append((line, job))
+        else:
+            schedules.append((line, record["recurring"]))
+    same = " AND ".join(f"{field} = ?" for field in _JOB_IDENTITY[:-1])
+    added = already = 0
+    for identity, jobs in groups.items():
+        held = conn.execute(f"SELECT count(*) FROM litejobs_jobs WHERE {same} AND "
+                            "(unique_key = ? OR (unique_key IS NULL AND CAST(? AS TEXT) IS NULL))",
+                            (*identity, identity[-1])).fetchone()[0]
+        already += min(held, len(jobs))
+        for line, job in jobs[held:]:
+            try:
+                inserted = conn.execute(
+                    f"INSERT INTO litejobs_jobs ({', '.join(_EXPORT_JOB_FIELDS)}) "
+                    f"VALUES ({', '.join('?' for _ in _EXPORT_JOB_FIELDS)}) ON CONFLICT DO NOTHING RETURNING id",
+                    [job[field] for field in _EXPORT_JOB_FIELDS]).fetchone()
+            except Exception as exc:  # a CHECK or a type the file's value breaks
+                raise ValueError(f"line {line}: the job cannot be stored: {exc}") from None
+            if inserted is None:  # its unique_key is taken by a job waiting here
+                already += 1
+            else:
+                added += 1
+    scheduled = 0
+    for line, schedule in schedules:
+        try:
+            scheduled += conn.execute(
+                f"INSERT INTO litejobs_recurring ({', '.join(_EXPORT_RECURRING_FIELDS)}) "
+                f"VALUES ({', '.join('?' for _ in _EXPORT_RECURRING_FIELDS)}) ON CONFLICT DO NOTHING RETURNING key",
+                [schedule[field] for field in _EXPORT_RECURRING_FIELDS]).fetchone() is not None
+        except Exception as exc:
+            raise ValueError(f"line {line}: the schedule cannot be stored: {exc}") from None
+    if (added or scheduled) and _on_postgres(conn):
+        conn.notify()
+    return added, already, scheduled
+
+
+def _read_export(lines: Iterable[str]) -> list[tuple[int, dict[str, Any]]]:
+    """The records of an export, checked line by line before anything is written."""
+    records = []
+    seen_header = False
+    for number, text in enumerate(lines, 1):
+        if not text.strip():
+            continue
+        try:
+            record = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"line {number}: not JSON ({exc})") from None
+        if not seen_header:
+            if record != _EXPORT_HEADER:
+                raise ValueError(f"line {number}: not a litejobs export (it starts with "
+                                 f"{orjson.dumps(_EXPORT_HEADER).decode()})")
+            seen_header = True
+            continue
+        kind, fields = ("job", _EXPORT_JOB_FIELDS) if isinstance(record, dict) and "job" in record else \
+                       ("recurring", _EXPORT_RECURRING_FIELDS)
+        body = record.get(kind) if isinstance(record, dict) else None
+        if not isinstance(body, dict):
+            raise ValueError(f"line {number}: expected a \"job\" or \"recurring\" record, got {text.strip()[:80]}")
+        missing = [field for field in fields if field not in body]
+        if missing:
+            raise ValueError(f"line {number}: the {kind} lacks {', '.join(missing)}")
+        if kind == "job" and body["state"] not in ("pending", "dead"):
+            raise ValueError(f"line {number}: only pending and dead jobs are imported, not {body['state']!r}")
+        for field in ("name", "queue", "payload", "key", "unique_key", "last_error"):
+            value = body.get(field)
+            if value is not None and not (isinstance(value, str) and _is_storable(value)):
+                raise ValueError(f"line {number}: {field} must be text a database can store, got {value!r}")
+        records.append((number, {kind: {field: body[field] for field in fields}}))
+    if not seen_header:
+        raise ValueError("the input is empty: not a litejobs export")
+    return records
+
+
 # -- workers and their round trip --------------------------------------------
 
 
@@ -4121,6 +4234,31 @@ def _command_purge(store: SyncStore, args: Any) -> int:
     return 0
 
 
+def _command_export(store: SyncStore, args: Any) -> int:
+    records = store._run(_export_records)
+    for record in records:
+        sys.stdout.write(orjson.dumps(record).decode() + "\n")
+    jobs = sum("job" in record for record in records)
+    print(f"exported {jobs} job(s) and {len(records) - 1 - jobs} schedule(s)", file=sys.stderr)
+    return 0
+
+
+def _command_import(store: SyncStore, args: Any) -> int:
+    try:
+        if args.file == "-":
+            records = _read_export(sys.stdin)
+        else:
+            with open(args.file, encoding="utf-8") as lines:
+                records = _read_export(lines)
+    except UnicodeDecodeError:
+        raise ValueError(f"{args.file}: not a litejobs export (not UTF-8 text)") from None
+    except OSError as exc:
+        raise ValueError(f"{args.file}: {exc.strerror}") from None
+    added, already, scheduled = store._run(_import_records, records, write=True)
+    print(f"imported {added} job(s) ({already} already there) and {scheduled} new schedule(s)")
+    return 0
+
+
 async def _command_worker(args: Any) -> int:
     module_name, _, attr = args.target.partition(":")
     if not module_name or not attr:
@@ -4164,7 +4302,7 @@ async def _command_worker(args: Any) -> int:
 def _parser() -> Any:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="litejobs", description="Background jobs on one SQLite file.")
+    parser = argparse.ArgumentParser(prog="litejobs", description="Background jobs on SQLite or PostgreSQL.")
     parser.add_argument("--db", default=os.environ.get("LITEJOBS_DB", "litejobs.db"),
                         help="the database (default: $LITEJOBS_DB, else litejobs.db)")
     parser.add_argument("--version", action="version", version=f"litejobs {__version__}")
@@ -4197,6 +4335,10 @@ def _parser() -> Any:
     purge.add_argument("--state", required=True, choices=["done", "dead", "cancelled"])
     purge.add_argument("--older-than", type=_duration_argument, default=0.0, metavar="DURATION",
                        help="like 90s, 15m, 2h, 7d (default: all)")
+
+    commands.add_parser("export", help="write pending, scheduled and dead jobs and schedules as JSON lines")
+    load = commands.add_parser("import", help="add the jobs and schedules of an export (FILE, default stdin)")
+    load.add_argument("file", nargs="?", default="-", metavar="FILE")
 
     worker = commands.add_parser("worker", help="run a worker until Ctrl-C or SIGTERM")
     worker.add_argument("target", metavar="MODULE:ATTR",
@@ -4234,10 +4376,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "worker":
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             return asyncio.run(_command_worker(args))
-        if not _is_postgres_url(args.db) and not os.path.exists(args.db):  # inspecting never creates a file
+        creates = args.command == "import"  # moving up may begin with an empty store
+        if not creates and not _is_postgres_url(args.db) and not os.path.exists(args.db):  # inspecting never creates
             raise StoreError(f"{args.db}: no such file (use --db PATH or set LITEJOBS_DB)")
-        read_only = args.command in ("stats", "jobs", "show")
-        with SyncStore(args.db, create=False, read_only=read_only) as store:
+        read_only = args.command in ("stats", "jobs", "show", "export")
+        with SyncStore(args.db, create=creates, read_only=read_only) as store:
             command = globals()[f"_command_{args.command}"]
             return command(store, args)
     except KeyboardInterrupt:

@@ -3607,9 +3607,9 @@ def test_read_only_file_or_folder_gives_a_clear_error(open_folder):
 
 
 @pytest.fixture
-def demo_db(tmp_path):
-    """A database with a done, a dead, a pending and a scheduled job."""
-    path = str(tmp_path / "cli.db")
+def demo_db(db):
+    """A database with a done, a dead, a pending and a scheduled job, on each store."""
+    path = db
 
     async def fill():
         async with litejobs.connect(path) as store:
@@ -3687,6 +3687,92 @@ def test_cli_user_mistakes_are_one_line_errors(capsys, tmp_path, demo_db, monkey
         litejobs.main(["--db", path, "purge", "--state", "done", "--older-than", "7 days"])
     assert exit_info.value.code == 2
     assert "bad duration '7 days'" in capsys.readouterr().err
+
+
+def _table_dump(db):
+    return [query(db, f"SELECT * FROM {table} ORDER BY 1") for table in
+            ("litejobs_jobs", "litejobs_counts", "litejobs_recurring", "litejobs_workers", "litejobs_meta")]
+
+
+def test_cli_inspection_changes_nothing_on_either_store(capsys, demo_db):
+    path, ok, bad = demo_db
+    before = _table_dump(path)
+    for argv in (["stats"], ["jobs"], ["show", str(bad)], ["export"], ["jobs", "--json"]):
+        assert _cli(capsys, "--db", path, *argv)[0] == 0
+    assert _table_dump(path) == before
+    with litejobs.connect_sync(path, create=False, read_only=True) as store:  # what the CLI opens
+        with pytest.raises(litejobs.StoreError, match="read-only|readonly"):
+            store.retry(bad)
+
+
+@dataclass
+class Doomed(litejobs.Job):
+    NAME = "doomed"
+
+    async def run(self, state):
+        raise litejobs.Abort("no point trying again")
+
+
+def test_export_and_import_move_waiting_dead_and_scheduled_work_once(capsys, tmp_path, db):
+    clock = FakeClock()
+    source = str(tmp_path / "old.db")
+
+    async def fill():
+        async with litejobs.connect(source, clock=clock) as store:
+            bad = failing_job(litejobs.Count(1), litejobs.Linear(30))
+            twice = [await store.enqueue(Echo("same")) for _ in range(2)]  # two identical jobs stay two
+            retried = await store.enqueue(bad())
+            dead = await store.enqueue(Doomed())
+            later = await store.enqueue(Echo("later"), delay=3600, priority=7, unique_key="nightly")
+            async with litejobs.Worker(store, [bad, Doomed], poll_interval=0.01):
+                await wait_state(store, retried, "pending", attempts=1)
+                await wait_state(store, dead, "dead")
+            await store.every(60, Noop(), key="tick")
+            return twice, retried, dead, later
+
+    twice, retried, dead, later = run(fill())
+    code, exported, err = _cli(capsys, "--db", source, "export")
+    assert code == 0 and err.strip() == "exported 5 job(s) and 1 schedule(s)"
+    (tmp_path / "jobs.jsonl").write_text(exported)
+
+    def moved():
+        columns = "name, queue, payload, state, priority, run_at, attempts, unique_key, created_at, last_error"
+        return sorted(query(db, f"SELECT {columns} FROM litejobs_jobs"), key=repr), \
+            query(db, "SELECT key, interval, next_run, payload FROM litejobs_recurring")
+
+    for attempt in range(2):  # the same file twice adds nothing twice
+        code, out, _ = _cli(capsys, "--db", db, "import", str(tmp_path / "jobs.jsonl"))
+        assert code == 0
+        assert out.strip() == ("imported 5 job(s) (0 already there) and 1 new schedule(s)" if attempt == 0 else
+                               "imported 0 job(s) (5 already there) and 0 new schedule(s)")
+        assert moved() == (sorted(query(source, "SELECT name, queue, payload, state, priority, run_at, attempts, "
+                                                "unique_key, created_at, last_error FROM litejobs_jobs"), key=repr),
+                           query(source, "SELECT key, interval, next_run, payload FROM litejobs_recurring"))
+    with litejobs.connect_sync(db, clock=FakeClock()) as store:
+        imported = {job.payload.get("value"): job for job in store.jobs()}
+        assert imported["later"].run_at == datetime.fromtimestamp(T0 + 3600, timezone.utc)
+        assert store.stats()["default"].dead == 1 and store.stats()["default"].scheduled == 2
+
+    # Bad input: a clear error naming the line, and nothing stored.
+    before = moved()
+    broken = exported.splitlines()
+    broken.insert(2, '{"job": {"name": "x"}}')
+    (tmp_path / "broken.jsonl").write_text("\n".join(broken) + "\n")
+    for file, expected in (("broken.jsonl", "line 3: the job lacks queue, payload"),
+                           ("old.db", "not a litejobs export (not UTF-8 text)"),
+                           ("missing.jsonl", "No such file or directory")):
+        code, _, err = _cli(capsys, "--db", db, "import", str(tmp_path / file))
+        assert code == 1 and expected in err and err.count("\n") == 1, err
+    assert moved() == before
+
+    # Running jobs do not move: stop the workers first.
+    async def start_one():
+        async with litejobs.connect(source, clock=clock) as store:
+            await claim(store, 1, ["echo"])
+
+    run(start_one())
+    code, out, err = _cli(capsys, "--db", source, "export")
+    assert code == 1 and out == "" and "1 job(s) are running: stop the workers first" in err
 
 
 def test_durations_and_relative_times():
