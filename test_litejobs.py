@@ -4356,3 +4356,231 @@ def test_only_jobs_due_later_than_their_creation_are_indexed_by_due_time(sqlite_
     assert indexed == [(later,)]
     plan = " | ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + litejobs._SQL_NEXT_DUE, (T0,)))
     assert "USING INDEX litejobs_jobs_scheduled" in plan and "SCAN litejobs_jobs" not in plan, plan
+
+
+# -- PostgreSQL: what only a server brings ---------------------------------------
+# Connections that die, a server that restarts, hosts whose clocks disagree,
+# and the driver an SQLite user never installs.
+
+@dataclass
+class Logged(litejobs.Job):
+    """Writes one line per execution, outside the engine: "id attempt"."""
+
+    NAME = "logged"
+    TIMEOUT = 1000
+    MAX_RETRIES = litejobs.Count(20)
+    BACKOFF = litejobs.Linear(0)
+    log: str
+    pause: float = 0.0
+
+    async def run(self, state):
+        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, f"{litejobs.current().id} {litejobs.current().attempt}\n".encode())
+        os.close(fd)
+        await asyncio.sleep(self.pause)
+
+
+async def _drain_through(store, ids, disrupt, log):
+    """Run a worker on ``ids`` while ``disrupt()`` (a blocking function, run
+    in a thread) breaks the connections; then check that every job ended
+    done and ran more than once only where an attempt was really cut."""
+    async with litejobs.Worker(store, [Logged], concurrency=16, poll_interval=0.01):
+        await asyncio.to_thread(disrupt)
+
+        async def all_done():
+            try:
+                return (await store.stats())["default"].done == len(ids)
+            except litejobs.StoreError:  # the server may still be coming back
+                return False
+
+        await wait_until(all_done, "every job to finish", timeout=60)
+    infos = [await store.get(job_id) for job_id in ids]
+    runs: dict[int, int] = {}
+    for line in open(log).read().splitlines():
+        job_id, _ = map(int, line.split())
+        runs[job_id] = runs.get(job_id, 0) + 1
+    assert all(info.state == "done" for info in infos)
+    assert set(runs) == set(ids)  # every job ran
+    # Twice only after a cut: each extra run is an attempt the watchdog failed
+    # (its answer, or its outcome, was lost with the connection).
+    assert all(runs[info.id] <= info.attempts for info in infos), [
+        (info.id, runs[info.id], info.attempts) for info in infos if runs[info.id] > info.attempts]
+    return runs
+
+
+def _kill_litejobs_backends(db):
+    name = db.rsplit("/", 1)[1]
+    with _postgres_admin() as admin:
+        return admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                             "WHERE datname = %s AND pid <> pg_backend_pid()", (name,)).fetchone()[0]
+
+
+@pytest.mark.slow
+def test_backends_killed_mid_drain_lose_nothing(tmp_path, postgresql_db):
+    log = str(tmp_path / "runs.log")
+
+    async def main():
+        async with litejobs.connect(postgresql_db) as store:
+            ids = await store.enqueue_many([Logged(log, pause=0.002) for _ in range(1500)])
+
+            def disrupt():
+                killed = 0
+                for _ in range(5):
+                    time.sleep(0.3)
+                    killed += _kill_litejobs_backends(postgresql_db)
+                assert killed >= 5  # the store's, the listener's: they were really cut
+
+            return await _drain_through(store, ids, disrupt, log)
+
+    run(main())
+
+
+@pytest.mark.slow
+def test_a_server_restart_mid_drain_loses_nothing(tmp_path, postgresql_db):
+    restart = os.environ.get("LITEJOBS_TEST_POSTGRES_RESTART")
+    if not restart:
+        pytest.skip("set LITEJOBS_TEST_POSTGRES_RESTART to a command that restarts the server (.ci/run does)")
+    log = str(tmp_path / "runs.log")
+
+    async def main():
+        async with litejobs.connect(postgresql_db) as store:
+            ids = await store.enqueue_many([Logged(log, pause=0.002) for _ in range(1500)])
+
+            def disrupt():
+                time.sleep(0.3)
+                subprocess.run(restart, shell=True, check=True, capture_output=True)
+
+            await _drain_through(store, ids, disrupt, log)
+            # Calls made while the server was away failed with a StoreError
+            # (see _drain_through); now they work again.
+            assert (await store.stats())["default"].done == len(ids)
+
+    run(main())
+
+
+SKEWED_WORKER = """
+import asyncio, sys, time
+real_time = time.time
+time.time = lambda: real_time() + {skew}  # this host's clock is {skew:+} s off
+sys.path.insert(0, {here!r})
+sys.path.insert(0, {folder!r})
+import litejobs
+from skew_jobs import Stamp
+
+async def main():
+    async with litejobs.connect({db!r}) as store:
+        await litejobs.Worker(store, [Stamp], poll_interval=0.01).run()
+
+asyncio.run(main())
+"""
+
+SKEW_JOBS = """
+import asyncio, os, time
+from dataclasses import dataclass
+import litejobs
+
+@dataclass
+class Stamp(litejobs.Job):
+    NAME = "stamp"
+    TIMEOUT = 10_000
+    seconds: float
+
+    async def run(self, state):
+        # The monotonic clock is the same for every process of this machine.
+        fd = os.open({log!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, f"{{litejobs.current().id}} {{time.monotonic()}}\\n".encode())
+        os.close(fd)
+        await asyncio.sleep(self.seconds)
+"""
+
+
+@pytest.mark.slow
+def test_hosts_whose_clocks_are_two_minutes_off_run_jobs_on_time_and_reap_nothing_live(tmp_path, postgresql_db):
+    log = tmp_path / "stamps.log"
+    (tmp_path / "skew_jobs.py").write_text(SKEW_JOBS.format(log=str(log)))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import skew_jobs
+    finally:
+        sys.path.remove(str(tmp_path))
+    processes = []
+
+    def start_worker(skew):
+        script = tmp_path / f"worker{skew}.py"
+        script.write_text(SKEWED_WORKER.format(skew=skew, here=HERE, folder=str(tmp_path), db=postgresql_db))
+        processes.append(subprocess.Popen([sys.executable, str(script)]))
+        deadline = time.monotonic() + 30
+        while len(query(postgresql_db, "SELECT id FROM litejobs_workers")) < len(processes):
+            assert time.monotonic() < deadline, "the worker never started"
+            time.sleep(0.05)
+
+    try:
+        with litejobs.connect_sync(postgresql_db) as store:
+            # The worker two minutes behind runs long jobs; the one two
+            # minutes ahead, if it believed its own clock, would find them
+            # past their deadline and fail them, and run them again.
+            start_worker(-120)
+            long_ones = store.enqueue_many([skew_jobs.Stamp(6.0) for _ in range(4)])
+            deadline = time.monotonic() + 30
+            while store.stats()["default"].running < 4:
+                assert time.monotonic() < deadline, store.stats()
+                time.sleep(0.05)
+            start_worker(120)
+            # A job due in 3 s: the worker ahead would run it at once.
+            enqueued = time.monotonic()
+            later = store.enqueue(skew_jobs.Stamp(0), delay=3)
+            deadline = time.monotonic() + 60
+            while not all(store.get(job_id).state == "done" for job_id in [*long_ones, later]):
+                assert time.monotonic() < deadline, [store.get(job_id) for job_id in [*long_ones, later]]
+                time.sleep(0.1)
+            infos = [store.get(job_id) for job_id in long_ones]
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            assert process.wait(timeout=30) == 0
+    stamps = [line.split() for line in log.read_text().splitlines()]
+    assert sorted(int(job_id) for job_id, _ in stamps) == sorted([*long_ones, later])  # each ran once
+    assert all(info.attempts == 1 and info.last_error is None for info in infos)
+    started = next(float(at) for job_id, at in stamps if int(job_id) == later)
+    assert started - enqueued >= 3 - 0.05  # not early, on a clock two minutes ahead
+
+
+def test_a_postgresql_url_without_psycopg_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if it were not installed
+    expected = "pip install 'litejobs\\[postgres\\]'"
+    with pytest.raises(litejobs.StoreError, match=expected):
+        litejobs.connect_sync("postgresql://127.0.0.1/jobs")
+    with pytest.raises(litejobs.StoreError, match=expected):
+        run(_open_and_close("postgres://127.0.0.1/jobs"))
+    run(_open_and_close(str(tmp_path / "jobs.db")))  # SQLite never needs it
+
+
+def test_a_password_in_the_url_is_never_shown(capsys, caplog):
+    url = "postgresql://app:s3cret-Pa55@127.0.0.1:1/jobs"  # nothing listens on port 1
+    with pytest.raises(litejobs.StoreError) as raised:
+        litejobs.connect_sync(url)
+    assert "s3cret" not in str(raised.value) and "postgresql://app:***@127.0.0.1:1/jobs" in str(raised.value)
+    with pytest.raises(litejobs.StoreError) as raised:
+        run(_open_and_close(url))
+    assert "s3cret" not in str(raised.value)
+    code, out, err = _cli(capsys, "--db", url, "stats")
+    assert code == 1 and "s3cret" not in out + err and "app:***@" in err
+    assert "s3cret" not in caplog.text
+
+
+def test_the_claim_walks_the_index_even_with_a_generic_plan(postgresql_db):
+    import psycopg
+
+    with litejobs.connect_sync(postgresql_db) as store:
+        store.enqueue_many([Noop() for _ in range(20_000)])
+        store.enqueue_many([Echo(n) for n in range(20_000)])
+    sql = litejobs._pg_claim(64)
+    for n, name in enumerate(("names", "queue", "now"), 1):
+        sql = sql.replace(f"%({name})s", f"${n}")
+    with psycopg.connect(postgresql_db, autocommit=True) as conn:
+        conn.execute("ANALYZE litejobs_jobs")
+        conn.execute("SET plan_cache_mode = force_generic_plan")  # as a prepared claim may fall back to
+        conn.execute(f"PREPARE claim (text[], text, float8) AS {sql}")
+        plan = "\n".join(row[0] for row in conn.execute("EXPLAIN EXECUTE claim (ARRAY['echo'], 'default', 1e12)"))
+    assert "litejobs_jobs_claim_by_name" in plan and "Seq Scan on litejobs_jobs" not in plan, plan
