@@ -3,6 +3,7 @@
     python bench_litejobs.py                  # the full run: about 7 minutes on 2 cores
     python bench_litejobs.py --quick          # a reduced run, under 30 seconds
     python bench_litejobs.py --only drain,e2e --json figures.json
+    python bench_litejobs.py --db postgresql://127.0.0.1/postgres   # on a PostgreSQL server
 
 Prints one line per figure, each the median of several runs.  In the same run
 it measures two raw loops doing the same work without litejobs: the stdlib
@@ -1082,6 +1083,259 @@ def group_claim(b: Bench) -> None:
 
 
 # --------------------------------------------------------------------------
+# PostgreSQL (--db postgresql://...): the same figures against a raw psycopg loop
+# --------------------------------------------------------------------------
+# Each run gets a database of its own on the server, made from a template
+# filled once (as the SQLite runs copy a file), dropped at the end.  The raw
+# loop: INSERT + commit; executemany in one transaction; claims of 64 with
+# FOR UPDATE SKIP LOCKED and one UPDATE completing each batch; an idle raw
+# worker waits for NOTIFY on a connection of its own.
+
+PG_GROUPS = ("enqueue", "drain", "latency")
+PG_RAW_DDL = (
+    """CREATE TABLE IF NOT EXISTS jobs (
+        id          BIGSERIAL PRIMARY KEY,
+        queue       TEXT NOT NULL,
+        payload     TEXT NOT NULL,
+        state       TEXT NOT NULL DEFAULT 'pending',
+        priority    INTEGER NOT NULL DEFAULT 0,
+        run_at      DOUBLE PRECISION NOT NULL,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        created_at  DOUBLE PRECISION NOT NULL,
+        started_at  DOUBLE PRECISION,
+        finished_at DOUBLE PRECISION)""",
+    "CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (queue, priority DESC, run_at, id) WHERE state = 'pending'",
+)
+PG_RAW_INSERT = "INSERT INTO jobs (queue, payload, run_at, created_at) VALUES ('default', %s, %s, %s)"
+PG_RAW_CLAIM = """
+    WITH chosen AS (SELECT id FROM jobs
+                     WHERE state = 'pending' AND queue = 'default' AND run_at <= %(now)s
+                     ORDER BY priority DESC, run_at, id LIMIT 64 FOR UPDATE SKIP LOCKED)
+    UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = %(now)s
+      FROM chosen WHERE jobs.id = chosen.id
+    RETURNING jobs.id, jobs.payload"""
+PG_RAW_DONE = "UPDATE jobs SET state = 'done', finished_at = %s WHERE id = ANY(%s)"
+PG_PROCESSES = (1, 2, 4)
+
+
+def pg_connect(url: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(url, autocommit=True)
+
+
+class PgDatabases:
+    """Fresh databases on the server, each a copy of a template filled once."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.made, self.templates = url, [], {}
+        self._counter = 0
+
+    def _url(self, name: str) -> str:
+        return self.url.rsplit("/", 1)[0] + "/" + name
+
+    def _create(self, template: str | None = None) -> str:
+        self._counter += 1
+        name = f"litejobs_bench_{os.getpid()}_{self._counter}"
+        with pg_connect(self.url) as admin:
+            admin.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template} STRATEGY FILE_COPY" if template else ""))
+        self.made.append(name)
+        return name
+
+    def fresh(self, kind: str) -> str:
+        url = self._url(self._create())
+        if kind == "raw":
+            with pg_connect(url) as conn:
+                for statement in PG_RAW_DDL:
+                    conn.execute(statement)
+        else:
+            litejobs.connect_sync(url).close()
+        return url
+
+    def pending(self, kind: str, n: int) -> str:
+        if (kind, n) not in self.templates:
+            url = self.fresh(kind)
+            if kind == "raw":
+                with pg_connect(url) as conn, conn.transaction():
+                    conn.cursor().executemany(PG_RAW_INSERT, [raw_row({"n": i}) for i in range(n)])
+            else:
+                asyncio.run(lj_fill(url, n))
+            with pg_connect(url) as conn:
+                conn.execute("VACUUM ANALYZE")
+            self.templates[kind, n] = url.rsplit("/", 1)[1]
+        return self._url(self._create(self.templates[kind, n]))
+
+    def drop_all(self) -> None:
+        with pg_connect(self.url) as admin:
+            for name in self.made:
+                admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def pg_raw_single(url: str, n: int) -> float:
+    with pg_connect(url) as conn:
+        start = time.perf_counter()
+        for i in range(n):
+            conn.execute(PG_RAW_INSERT, raw_row({"n": i}))
+        return n / (time.perf_counter() - start)
+
+
+def pg_raw_many(url: str, n: int) -> float:
+    with pg_connect(url) as conn:
+        start = time.perf_counter()
+        with conn.transaction():
+            conn.cursor().executemany(PG_RAW_INSERT, [raw_row({"n": i}) for i in range(n)])
+        return n / (time.perf_counter() - start)
+
+
+def pg_raw_work(conn: Any, listener: Any = None, keep_waiting: Callable[[], bool] | None = None) -> int:
+    """Claim 64, run them, mark them done; again.  With nothing to claim it
+    returns, or, while ``keep_waiting()``, waits for a NOTIFY on ``listener``."""
+    done = 0
+    while True:
+        rows = conn.execute(PG_RAW_CLAIM, {"now": time.time()}).fetchall()
+        if rows:
+            for _, payload in rows:
+                raw_run(payload)
+            conn.execute(PG_RAW_DONE, (time.time(), [row[0] for row in rows]))
+            done += len(rows)
+            continue
+        if keep_waiting is None or not keep_waiting():
+            return done
+        for _ in listener.notifies(timeout=0.1, stop_after=1):
+            pass
+
+
+def pg_raw_drain(url: str) -> float:
+    with pg_connect(url) as conn:
+        start = time.perf_counter()
+        return pg_raw_work(conn) / (time.perf_counter() - start)
+
+
+def child_pg_raw_drain(gate: Callable, url: str) -> float:
+    with pg_connect(url) as conn:
+        gate()
+        pg_raw_work(conn)
+    return time.time()
+
+
+def pg_raw_drain_processes(url: str, processes: int) -> float:
+    with pg_connect(url) as conn:
+        n = conn.execute("SELECT count(*) FROM jobs WHERE state = 'pending'").fetchone()[0]
+    children = [Child(child_pg_raw_drain, url) for _ in range(processes)]
+    for child in children:
+        child.wait_ready()
+    start = time.time()
+    for child in children:
+        child.go()
+    return n / (max(child.result() for child in children) - start)
+
+
+def lj_drain_processes(url: str, n: int, concurrency: int, processes: int) -> float:
+    """Worker processes; done when their success counts add up to n."""
+    shared = PROCESSES.Value("q", 0)
+    children = [Child(child_lj_drain, url, n, concurrency, shared) for _ in range(processes)]
+    for child in children:
+        child.wait_ready()
+    start = time.perf_counter()
+    for child in children:
+        child.go()
+    while shared.value < n:
+        if any(child.finished() for child in children):
+            break
+        time.sleep(0.001)
+    elapsed = time.perf_counter() - start
+    for child in children:
+        child.result()
+    if shared.value < n:
+        raise RuntimeError(f"{processes} workers stopped after {shared.value} of {n} jobs")
+    return n / elapsed
+
+
+def child_pg_enqueue_stamped(gate: Callable, url: str, samples: int, ack: Any, seed: int) -> None:
+    """child_enqueue_stamped for the raw loop: INSERT, then NOTIFY."""
+    rng = random.Random(seed)
+    with pg_connect(url) as conn:
+        gate()
+        for _ in range(samples):
+            time.sleep(rng.uniform(*PICKUP_GAP))
+            conn.execute(PG_RAW_INSERT, raw_row({"t": time.time()}))
+            conn.execute("NOTIFY jobs")
+            if not ack.acquire(timeout=30):
+                raise RuntimeError("a job was not started within 30 s")
+
+
+def pg_raw_pickup_there(url: str, samples: int) -> float:
+    ack = PROCESSES.Semaphore(0)
+    with pg_connect(url) as conn, pg_connect(url) as listener:
+        listener.execute("LISTEN jobs")
+        child = Child(child_pg_enqueue_stamped, url, samples, ack, 1)
+        Starts.reset(hook=ack.release)
+        child.wait_ready()
+        child.go()
+        pg_raw_work(conn, listener, keep_waiting=lambda: not child.finished())
+        child.result()
+    return percentile(Starts.latencies, 50) * 1000
+
+
+def pg_groups(b: Bench, url: str, groups: tuple[str, ...]) -> None:
+    p, line, dbs = b.plan, b.report.line, PgDatabases(url)
+    try:
+        if "enqueue" in groups:
+            b.report.group("enqueue (into an empty database; fsync on, as the server is set)")
+            s = interleave(p.runs, {
+                "raw_single": lambda: pg_raw_single(dbs.fresh("raw"), p.one_by_one),
+                "raw_many": lambda: pg_raw_many(dbs.fresh("raw"), p.many),
+                "one_by_one": lambda: asyncio.run(lj_one_by_one(dbs.fresh("litejobs"), p.one_by_one)),
+                "concurrent": lambda: asyncio.run(lj_concurrent(dbs.fresh("litejobs"), p.concurrent, p.tasks)),
+                "many": lambda: asyncio.run(lj_many(dbs.fresh("litejobs"), p.many)),
+                "sync": lambda: lj_sync(dbs.fresh("litejobs"), p.one_by_one),
+            })
+            single, many = ("raw psycopg", "pg.enqueue.raw_single"), ("raw executemany", "pg.enqueue.raw_many")
+            line("pg.enqueue.raw_single", "raw psycopg INSERT + commit", s["raw_single"], "jobs/s")
+            line("pg.enqueue.raw_many", f"raw psycopg executemany of {p.many:,}", s["raw_many"], "jobs/s")
+            line("pg.enqueue.one_by_one", "await enqueue, one after another", s["one_by_one"], "jobs/s",
+                 vs=(single,))
+            line("pg.enqueue.concurrent", f"await enqueue, {p.tasks} concurrent tasks", s["concurrent"],
+                 "jobs/s", vs=(many, single))
+            line("pg.enqueue.many", f"enqueue_many of {p.many:,}", s["many"], "jobs/s", vs=(many,))
+            line("pg.enqueue.sync", "connect_sync().enqueue, one after another", s["sync"], "jobs/s", vs=(single,))
+        if "drain" in groups:
+            n = p.drain
+            b.report.group(f"drain ({n:,} pending no-op jobs, from the workers' start until the last is done)")
+            variants: dict[str, Callable[[], float]] = {"raw": lambda: pg_raw_drain(dbs.pending("raw", n))}
+            for k in PG_PROCESSES[1:]:
+                variants[f"raw{k}"] = lambda k=k: pg_raw_drain_processes(dbs.pending("raw", n), k)
+            for c in (16, WORKER_CONCURRENCY):
+                variants[f"c{c}"] = lambda c=c: asyncio.run(lj_drain(dbs.pending("litejobs", n), n, c))
+            for k in PG_PROCESSES[1:]:
+                variants[f"lj{k}"] = lambda k=k: lj_drain_processes(dbs.pending("litejobs", n), n,
+                                                                     WORKER_CONCURRENCY, k)
+            s = interleave(p.runs, variants)
+            raw = ("raw psycopg", "pg.drain.raw")
+            line("pg.drain.raw", "raw psycopg batch loop (claims of 64)", s["raw"], "jobs/s")
+            for k in PG_PROCESSES[1:]:
+                line(f"pg.drain.raw{k}", f"raw psycopg batch loop, {k} processes", s[f"raw{k}"], "jobs/s", vs=(raw,))
+            for c in (16, WORKER_CONCURRENCY):
+                line(f"pg.drain.c{c}", f"drain c={c}", s[f"c{c}"], "jobs/s", vs=(raw,))
+            for k in PG_PROCESSES[1:]:
+                line(f"pg.drain.processes{k}", f"drain c={WORKER_CONCURRENCY}, {k} worker processes", s[f"lj{k}"],
+                     "jobs/s", vs=((f"raw {k} processes", f"pg.drain.raw{k}"),
+                                   ("1 process", f"pg.drain.c{WORKER_CONCURRENCY}")))
+        if "latency" in groups:
+            b.report.group(f"pick-up latency from another process (enqueue-to-start p50 of {p.pickups} jobs; "
+                           "idle workers woken by LISTEN/NOTIFY)")
+            s = interleave(p.runs, {
+                "raw": lambda: pg_raw_pickup_there(dbs.fresh("raw"), p.pickups),
+                "there": lambda: asyncio.run(lj_pickup_there(dbs.fresh("litejobs"), p.pickups)),
+            })
+            line("pg.latency.raw_other", "raw psycopg, LISTEN on its own connection", s["raw"], "ms")
+            line("pg.latency.other_process", "pick-up p50, another process (connect_sync)", s["there"], "ms",
+                 vs=(("raw psycopg", "pg.latency.raw_other"),))
+    finally:
+        dbs.drop_all()
+
+
+# --------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------
 
@@ -1093,13 +1347,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="tiny sizes: checks that the script runs; measures nothing")
     parser.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")
     parser.add_argument("--only", metavar="NAME[,NAME]", help=f"run only these groups: {', '.join(GROUPS)}")
+    parser.add_argument("--db", metavar="URL", help="measure on this PostgreSQL server instead (postgresql://...); "
+                        "it makes and drops databases of its own there")
     parser.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "bench-scratch"),
                         help="where the scratch folder goes (default: %(default)s)")
     args = parser.parse_args(argv)
-    groups = GROUPS if args.only is None else tuple(g.strip() for g in args.only.split(",") if g.strip())
-    unknown = set(groups) - set(GROUPS)
+    known = PG_GROUPS if args.db else GROUPS
+    groups = known if args.only is None else tuple(g.strip() for g in args.only.split(",") if g.strip())
+    unknown = set(groups) - set(known)
     if unknown:
-        parser.error(f"unknown group(s) {', '.join(sorted(unknown))}; choose from {', '.join(GROUPS)}")
+        parser.error(f"unknown group(s) {', '.join(sorted(unknown))}; choose from {', '.join(known)}")
     plan = SMOKE if args.smoke else QUICK if args.quick else FULL
 
     meta = {
@@ -1108,10 +1365,21 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
         "quick": args.quick, "plan": dataclasses.asdict(plan),
     }
-    print(f"litejobs {meta['litejobs']} benchmark{' (--quick)' if args.quick else ''}: Python {meta['python']}, "
-          f"SQLite {meta['sqlite']}, aiosqlite {meta['aiosqlite']}, orjson {meta['orjson']}, {meta['machine']}")
-    print(f"durable files, WAL, synchronous=NORMAL; each figure the median of {plan.runs} run(s) unless marked; "
-          f"ratios are litejobs / raw")
+    if args.db:
+        import psycopg
+
+        with pg_connect(args.db) as conn:
+            meta["postgresql"] = conn.execute("SHOW server_version").fetchone()[0]
+            fsync = conn.execute("SHOW fsync").fetchone()[0]
+        meta["psycopg"] = psycopg.__version__
+        print(f"litejobs {meta['litejobs']} benchmark{' (--quick)' if args.quick else ''}: Python {meta['python']}, "
+              f"PostgreSQL {meta['postgresql']} (fsync {fsync}), psycopg {meta['psycopg']}, orjson {meta['orjson']}, "
+              f"{meta['machine']}")
+    else:
+        print(f"litejobs {meta['litejobs']} benchmark{' (--quick)' if args.quick else ''}: Python {meta['python']}, "
+              f"SQLite {meta['sqlite']}, aiosqlite {meta['aiosqlite']}, orjson {meta['orjson']}, {meta['machine']}")
+        print("durable files, WAL, synchronous=NORMAL")
+    print(f"each figure the median of {plan.runs} run(s) unless marked; ratios are litejobs / raw")
 
     os.makedirs(args.dir, exist_ok=True)
     folder = tempfile.mkdtemp(prefix="run-", dir=args.dir)
@@ -1119,8 +1387,10 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(plan, folder, report)
     began = time.perf_counter()
     try:
+        if args.db:
+            pg_groups(bench, args.db, groups)
         for name in GROUPS:
-            if name in groups:
+            if name in groups and not args.db:
                 globals()[f"group_{name}"](bench)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
