@@ -1860,7 +1860,10 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
         if todo:
             rows = [outcome.as_json_row(now) for outcome in todo]
             if postgres:
-                recorded = conn.execute(_PG_RECORD_OUTCOMES, (now, *[list(column) for column in zip(*rows)]))
+                # Planned each time, never prepared: a generic plan, blind to
+                # the arrays' length, may join them to the whole table.
+                recorded = conn.execute(_PG_RECORD_OUTCOMES, (now, *[list(column) for column in zip(*rows)]),
+                                        prepare=False)
             else:
                 recorded = conn.execute(_SQL_RECORD_OUTCOMES, (now, orjson.dumps(rows).decode()))
             # Outcomes missing from the answer were fenced out: their attempt
@@ -3049,9 +3052,9 @@ class _PgConnection:
         """The server process of this connection, whose own notices its listener ignores."""
         return None if self._conn is None else self._conn.info.backend_pid
 
-    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = (), *, prepare: bool | None = None) -> Any:
         if not params or "%(" in sql or "%s" in sql or "%b" in sql:  # PostgreSQL's own, or none to bind
-            return self._conn.execute(sql, params or None)
+            return self._conn.execute(sql, params or None, prepare=prepare)
         translated, order = _pyformat(sql)
         if order is not None:
             params = [params[i] for i in order]
