@@ -1,4 +1,4 @@
-"""litejobs: background jobs for Python on one SQLite file.
+"""litejobs: background jobs for Python on one SQLite file, or on PostgreSQL.
 
 One file: copy ``litejobs.py`` into your project, or ``pip install litejobs``.
 It needs ``aiosqlite`` and ``orjson`` and nothing else, and no server::
@@ -27,6 +27,10 @@ It needs ``aiosqlite`` and ``orjson`` and nothing else, and no server::
 A job is claimed by one atomic ``UPDATE ... RETURNING``, bounded by its
 TIMEOUT, retried with backoff, and never stuck: every worker runs a watchdog
 that fails attempts whose process died. Delivery is at least once.
+
+The same jobs, workers and command line run on PostgreSQL with only the URL
+changed (``connect("postgresql://...")``, with psycopg 3 installed), for
+workers on many hosts.
 
 Released under the MIT licence (see LICENSE).
 """
@@ -92,7 +96,7 @@ import urllib.parse
 from collections.abc import Callable, Collection, Generator, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from enum import Enum
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, cast
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, TypeGuard, cast
 
 import aiosqlite
 import orjson
@@ -1269,7 +1273,7 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     return "locked" in text or "busy" in text
 
 
-def _with_retries(conn: sqlite3.Connection, fn: Callable, *args: Any, write: bool = False,
+def _with_retries(conn: sqlite3.Connection | _PgConnection, fn: Callable, *args: Any, write: bool = False,
                   patient: bool = True) -> Any:
     """Run ``fn(conn, *args)``, in a BEGIN IMMEDIATE transaction when ``write``.
 
@@ -1282,6 +1286,7 @@ def _with_retries(conn: sqlite3.Connection, fn: Callable, *args: Any, write: boo
     """
     if _on_postgres(conn):  # its own transactions and reconnection
         return conn.run(fn, *args, write=write)
+    conn = cast(sqlite3.Connection, conn)
     give_up = time.monotonic() + _GIVE_UP_AFTER
     pause = 0.001
     while True:
@@ -1859,11 +1864,11 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
         finished: dict[tuple[str, str], int] = {}
         if todo:
             rows = [outcome.as_json_row(now) for outcome in todo]
-            if postgres:
+            if _on_postgres(conn):
                 # Planned each time, never prepared: a generic plan, blind to
                 # the arrays' length, may join them to the whole table.
-                recorded = conn.execute(_PG_RECORD_OUTCOMES, (now, *[list(column) for column in zip(*rows)]),
-                                        prepare=False)
+                columns = [list(column) for column in zip(*rows, strict=True)]
+                recorded = conn.execute(_PG_RECORD_OUTCOMES, (now, *columns), prepare=False)
             else:
                 recorded = conn.execute(_SQL_RECORD_OUTCOMES, (now, orjson.dumps(rows).decode()))
             # Outcomes missing from the answer were fenced out: their attempt
@@ -1887,7 +1892,7 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
             answer.more_to_prune = pruned == _PRUNE_BATCH
         if request.compact:
             _compact_counts(conn, now)
-        if postgres and (answer.enqueued or any(outcome.state == "pending" for outcome in answer.written)):
+        if _on_postgres(conn) and (answer.enqueued or any(outcome.state == "pending" for outcome in answer.written)):
             conn.notify()  # retries and ticks: other hosts' workers learn when they fall due
         for queue, limit in request.wants.items():
             if postgres:
@@ -2044,7 +2049,8 @@ class _StoreCalls:
 
 
 class Store(_StoreCalls):
-    """Jobs in one SQLite file.  Get one with ``litejobs.connect(path)``."""
+    """Jobs in an SQLite file or a PostgreSQL database.  Get one with
+    ``litejobs.connect(path)`` or ``litejobs.connect("postgresql://...")``."""
 
     if TYPE_CHECKING:  # the calls shared through _StoreCalls, as they are here: coroutines
         async def get(self, job_id: int) -> JobInfo | None: ...
@@ -2934,7 +2940,7 @@ _PG_NOW_AND_CHANNEL = "SELECT extract(epoch FROM clock_timestamp())::float8, 'li
 _PG_SCHEMA_LOCK = 0x6C6974656A6F6273  # "litejobs": an advisory lock while tables are made
 
 
-def _on_postgres(conn: Any) -> bool:
+def _on_postgres(conn: Any) -> TypeGuard[_PgConnection]:
     return isinstance(conn, _PgConnection)
 
 
@@ -3057,7 +3063,7 @@ class _PgConnection:
             return self._conn.execute(sql, params or None, prepare=prepare)
         translated, order = _pyformat(sql)
         if order is not None:
-            params = [params[i] for i in order]
+            params = [cast(Sequence[Any], params)[i] for i in order]
         return self._conn.execute(translated, params)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
