@@ -623,10 +623,10 @@ def child_lj_drain(gate: Callable, path: str, n: int, concurrency: int, shared: 
     asyncio.run(main())
 
 
-def lj_drain_two(path: str, n: int, concurrency: int) -> float:
-    """Two worker processes; done when their success counts add up to n."""
+def lj_drain_processes(url: str, n: int, concurrency: int, processes: int) -> float:
+    """Worker processes; done when their success counts add up to n."""
     shared = PROCESSES.Value("q", 0)
-    children = [Child(child_lj_drain, path, n, concurrency, shared) for _ in range(2)]
+    children = [Child(child_lj_drain, url, n, concurrency, shared) for _ in range(processes)]
     for child in children:
         child.wait_ready()
     start = time.perf_counter()
@@ -640,7 +640,7 @@ def lj_drain_two(path: str, n: int, concurrency: int) -> float:
     for child in children:
         child.result()
     if shared.value < n:
-        raise RuntimeError(f"two workers stopped after {shared.value} of {n} jobs")
+        raise RuntimeError(f"{processes} workers stopped after {shared.value} of {n} jobs")
     return n / elapsed
 
 
@@ -655,7 +655,7 @@ def group_drain(b: Bench) -> None:
     }
     for c in DRAIN_CONCURRENCIES:
         variants[f"c{c}"] = lambda c=c: asyncio.run(lj_drain(b.pending("litejobs", n), n, c))
-    variants["two"] = lambda: lj_drain_two(b.pending("litejobs", n), n, WORKER_CONCURRENCY)
+    variants["two"] = lambda: lj_drain_processes(b.pending("litejobs", n), n, WORKER_CONCURRENCY, 2)
     in_process = ["raw", "araw"] + [f"c{c}" for c in DRAIN_CONCURRENCIES]
     for key in in_process:  # the process's CPU time too, every thread's
         variants[key] = with_cpu(variants[key])
@@ -1228,27 +1228,6 @@ def pg_raw_drain_processes(url: str, processes: int) -> float:
     for child in children:
         child.go()
     return n / (max(child.result() for child in children) - start)
-
-
-def lj_drain_processes(url: str, n: int, concurrency: int, processes: int) -> float:
-    """Worker processes; done when their success counts add up to n."""
-    shared = PROCESSES.Value("q", 0)
-    children = [Child(child_lj_drain, url, n, concurrency, shared) for _ in range(processes)]
-    for child in children:
-        child.wait_ready()
-    start = time.perf_counter()
-    for child in children:
-        child.go()
-    while shared.value < n:
-        if any(child.finished() for child in children):
-            break
-        time.sleep(0.001)
-    elapsed = time.perf_counter() - start
-    for child in children:
-        child.result()
-    if shared.value < n:
-        raise RuntimeError(f"{processes} workers stopped after {shared.value} of {n} jobs")
-    return n / elapsed
 
 
 def child_pg_enqueue_stamped(gate: Callable, url: str, samples: int, ack: Any, seed: int) -> None:
