@@ -161,7 +161,7 @@ def query(db, sql, params=()):
         import psycopg
 
         with psycopg.connect(db) as conn:
-            return [tuple(row) for row in conn.execute(sql.replace("?", "%s"), params)]
+            return [tuple(row) for row in conn.execute(sql.replace("%", "%%").replace("?", "%s"), params)]
     conn = sqlite3.connect(db)
     try:
         return conn.execute(sql, params).fetchall()
@@ -4245,6 +4245,18 @@ def test_benchmark_script_still_runs(tmp_path):
     assert len(figures) > 20
     for line in ("drain c=256", "await enqueue, 100 concurrent tasks", "pick-up p50, same process"):
         assert line in result.stdout
+
+
+def test_benchmark_script_still_runs_on_postgresql(tmp_path):
+    if not POSTGRES:
+        pytest.skip(NO_POSTGRES)
+    result = subprocess.run([sys.executable, os.path.join(HERE, "bench_litejobs.py"), "--smoke", "--db", POSTGRES,
+                             "--dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for line in ("raw psycopg batch loop", "drain c=256, 4 worker processes", "pick-up p50, another process"):
+        assert line in result.stdout
+    leftovers = query(POSTGRES, "SELECT datname FROM pg_database WHERE datname LIKE 'litejobs_bench_%'")
+    assert leftovers == []  # it drops the databases it made
 
 
 # -- the enqueue path: the loop's own connection, batching, checkpoints ------------
