@@ -726,7 +726,9 @@ _registrable: set[type] = set()
 
 
 def _check_registrable(cls: Any) -> type[Job]:
-    """The checks that need the finished class: run at registration and enqueue."""
+    """The checks that need the finished class: run at registration and enqueue.
+    A class without ``run`` passes: a producer may describe jobs that a
+    worker elsewhere runs; the worker's own check is _check_runnable."""
     if cls in _registrable:
         return cls
     if not (isinstance(cls, type) and issubclass(cls, Job)):
@@ -736,14 +738,21 @@ def _check_registrable(cls: Any) -> type[Job]:
         raise JobDefinitionError(f"{where} has no NAME: give it a unique NAME = '...'")
     if dataclasses.is_dataclass(cls) and "NAME" in {f.name for f in dataclasses.fields(cls)}:
         raise JobDefinitionError(f"{where}: NAME is a dataclass field; write NAME = '...' without a type annotation")
-    if cls.run is Job.run:
-        raise JobDefinitionError(f"{where} does not define run(self, state)")
     overrides_payload = _overrides(cls, "to_payload") and _overrides(cls, "from_payload")
     if not dataclasses.is_dataclass(cls) and not overrides_payload:
         raise JobDefinitionError(
             f"{where} is not a dataclass: make it one, or override to_payload() and from_payload()"
         )
     _registrable.add(cls)
+    return cls
+
+
+def _check_runnable(cls: Any) -> type[Job]:
+    """What a worker needs of a class besides _check_registrable: a run()."""
+    cls = _check_registrable(cls)
+    if cls.run is Job.run:
+        raise JobDefinitionError(f"job class {cls.__qualname__} does not define run(self, state): a worker "
+                                 "cannot register it (a class without run may only be enqueued)")
     return cls
 
 
@@ -3563,7 +3572,7 @@ class Worker:
         self._store: _WorkerStore = store
         self._registry: dict[str, type[Job]] = {}
         for cls in jobs:
-            cls = _check_registrable(cls)
+            cls = _check_runnable(cls)
             other = self._registry.get(cls.NAME)
             if other is not None and other is not cls:
                 raise JobDefinitionError(

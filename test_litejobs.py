@@ -455,7 +455,34 @@ def test_definition_errors_at_registration(db):
                     litejobs.Worker(store, jobs)
             with pytest.raises(litejobs.JobDefinitionError, match="has no NAME"):
                 await store.enqueue(NoName())
-            assert await store.get(1) is None
+            assert await store.jobs() == []
+
+    run(main())
+
+
+def test_a_class_without_run_is_enqueued_by_a_producer_and_run_by_a_worker_that_knows_it(db):
+    @dataclass
+    class Resize(litejobs.Job):  # what a web process knows of the job: its name and its fields
+        NAME = "resize"
+        MAX_RETRIES = litejobs.Count(1)
+        image: str
+
+    @dataclass
+    class ResizeForReal(litejobs.Job):  # what the worker's process defines
+        NAME = "resize"
+        image: str
+
+        async def run(self, state):
+            return f"resized {self.image}"
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Resize("cat.png"))
+            assert (await store.get(job_id)).max_retries == litejobs.Count(1)
+            with pytest.raises(litejobs.JobDefinitionError, match="does not define run.*may only be enqueued"):
+                litejobs.Worker(store, [Resize])
+            async with litejobs.Worker(store, [ResizeForReal], poll_interval=0.01):
+                assert await store.wait(job_id, timeout=15) == "resized cat.png"
 
     run(main())
 
