@@ -117,7 +117,7 @@ _SQLITE_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 # Bumped whenever the tables change; a file of a newer version is refused
 # rather than half-understood, and an older one is brought up to date by the
 # steps in _MIGRATIONS (run before _DDL, in the same transaction).
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 
 # How long one statement waits for another connection's write lock before
 # SQLite reports "database is locked"; _with_retries then tries again, so
@@ -260,6 +260,11 @@ _DDL = [
         names      TEXT NOT NULL,
         started_at REAL NOT NULL
     )""",
+    # Queues with a setting of their own: for now, paused ones.
+    """CREATE TABLE IF NOT EXISTS litejobs_queues (
+        queue  TEXT PRIMARY KEY,
+        paused INTEGER NOT NULL DEFAULT 0
+    )""",
 ]
 
 # What turns a file of schema version N - 1 into version N.
@@ -272,6 +277,10 @@ _MIGRATIONS: dict[int, list[str]] = {
         "DROP INDEX IF EXISTS litejobs_jobs_next_due",
         "ALTER TABLE litejobs_recurring ADD COLUMN last_id INTEGER",
     ],
+    # Version 3: queues can be paused (litejobs_queues, made by _DDL).  The
+    # version still goes up, so that an older litejobs, which would claim
+    # from a paused queue, refuses the file.
+    3: [],
 }
 
 _JOB_COLUMNS = (
@@ -291,6 +300,10 @@ _SQL_FIND_UNIQUE = """
 
 _SQL_GET_JOB = f"SELECT {_JOB_COLUMNS} FROM litejobs_jobs WHERE id = ?"
 
+
+# A paused queue claims nothing.  Not correlated with the row: evaluated once
+# per claim, one primary-key lookup.
+_NOT_PAUSED = "NOT EXISTS (SELECT 1 FROM litejobs_queues WHERE queue = ?2 AND paused = 1)"
 
 # Past this many job names the per-name claim costs more than it saves (and
 # SQLite allows 500 terms in one compound SELECT): a worker with more names
@@ -331,7 +344,7 @@ def _sql_claim(name_count: int) -> str:
         UPDATE litejobs_jobs
            SET state = 'running', attempts = attempts + 1, lease = lease + 1,
                started_at = ?1, deadline = ?1 + timeout_ms / 1000.0 + {_WATCHDOG_GRACE}
-         WHERE id IN ({choose})
+         WHERE id IN ({choose}) AND {_NOT_PAUSED}
         RETURNING id, name, queue, CAST(payload AS BLOB), attempts, lease, max_retries,
                   backoff, backoff_value, timeout_ms, priority, run_at"""
 
@@ -1040,6 +1053,7 @@ class QueueStats:
     unregistered: int | None = None  # pending jobs no running worker knows; None: no worker to ask
     done_counts: JobStat = JobStat()
     dead_counts: JobStat = JobStat()
+    paused: bool = False  # no worker claims its jobs until it is resumed
 
 
 def _loads_or_raw(text: str) -> Any:
@@ -1552,6 +1566,23 @@ def _purge_jobs(conn: sqlite3.Connection, state: str, before: float) -> int:
             return total
 
 
+def _set_paused(conn: Any, queue: str, paused: bool) -> bool:
+    """Pause or resume ``queue``; True if that changed anything."""
+    was = conn.execute("SELECT paused FROM litejobs_queues WHERE queue = ?", (queue,)).fetchone()
+    conn.execute("""INSERT INTO litejobs_queues (queue, paused) VALUES (?, ?)
+                    ON CONFLICT (queue) DO UPDATE SET paused = excluded.paused""", (queue, int(paused)))
+    if not paused and _on_postgres(conn):  # its jobs may be claimed again, on any host
+        conn.notify()
+    return bool(was and was[0]) != paused
+
+
+def _paused_queues(conn: Any) -> list[str]:
+    try:
+        return [queue for queue, in conn.execute("SELECT queue FROM litejobs_queues WHERE paused = 1")]
+    except Exception:  # a file of schema version 2, opened read-only (the CLI): nothing is paused there
+        return []
+
+
 # -- statistics --------------------------------------------------------------
 
 
@@ -1594,6 +1625,8 @@ def _stats(conn: sqlite3.Connection, clock: Callable[[], float]) -> dict[str, Qu
         (hour, day, month),
     ):
         counts.setdefault(queue, {})[f"{state}_counts"] = JobStat(this_hour, today, this_month, all_time)
+    for queue in _paused_queues(conn):
+        counts.setdefault(queue, {})["paused"] = True
     stats = {}
     for queue in sorted(counts):
         fields = counts[queue]
@@ -1985,6 +2018,12 @@ def _text_to_match(value: str | None, what: str) -> str | None:
     return value
 
 
+def _queue_name(queue: Any) -> str:
+    if not isinstance(queue, str) or not queue:
+        raise ValueError(f"queue must be a non-empty str, got {queue!r}")
+    return cast(str, _text_to_match(queue, "queue"))
+
+
 def _check_state(state: Any, allowed: Iterable[str], what: str) -> str | None:
     if state is None:
         return None
@@ -2056,6 +2095,15 @@ class _StoreCalls:
         """Remove a recurring schedule; True if there was one."""
         return self._run(_unset_recurring, _text_to_match(key, "key"), write=True)
 
+    def pause(self, queue: str) -> Any:
+        """Stop every worker, on every host, from claiming ``queue``'s jobs
+        until ``resume``; running jobs finish.  True if it was not paused."""
+        return self._run(_set_paused, _queue_name(queue), True, write=True)
+
+    def resume(self, queue: str) -> Any:
+        """Let workers claim ``queue``'s jobs again.  True if it was paused."""
+        return self._run_and_wake(_set_paused, _queue_name(queue), False, write=True)
+
 
 class Store(_StoreCalls):
     """Jobs in an SQLite file or a PostgreSQL database.  Get one with
@@ -2071,6 +2119,8 @@ class Store(_StoreCalls):
         async def purge(self, *, state: str | JobState, older_than: float | timedelta = 0) -> int: ...
         async def every(self, interval: float | timedelta, job: Job, *, key: str | None = None) -> None: ...
         async def unschedule(self, key: str) -> bool: ...
+        async def pause(self, queue: str) -> bool: ...
+        async def resume(self, queue: str) -> bool: ...
 
 
     def __init__(self, db: aiosqlite.Connection | _PgThread, path: str, clock: Callable[[], float],
@@ -2636,6 +2686,8 @@ class SyncStore(_StoreCalls):
         def purge(self, *, state: str | JobState, older_than: float | timedelta = 0) -> int: ...
         def every(self, interval: float | timedelta, job: Job, *, key: str | None = None) -> None: ...
         def unschedule(self, key: str) -> bool: ...
+        def pause(self, queue: str) -> bool: ...
+        def resume(self, queue: str) -> bool: ...
 
 
     def __init__(self, path: str | os.PathLike, *, create: bool = True, read_only: bool = False,
@@ -2838,6 +2890,10 @@ _PG_DDL = [
         names      TEXT NOT NULL,
         started_at DOUBLE PRECISION NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS litejobs_queues (
+        queue  TEXT PRIMARY KEY,
+        paused INTEGER NOT NULL DEFAULT 0
+    )""",
 ]
 
 # Rows come from arrays, one per column: one statement and one round trip
@@ -2890,6 +2946,7 @@ def _pg_claim(limit: int) -> str:
                  ORDER BY priority DESC, run_at, id
                  LIMIT {int(limit)}
                  FOR UPDATE SKIP LOCKED) AS job
+            WHERE NOT EXISTS (SELECT 1 FROM litejobs_queues WHERE queue = %(queue)s AND paused = 1)
             ORDER BY job.priority DESC, job.run_at, job.id
             LIMIT {int(limit)})
         UPDATE litejobs_jobs AS j
@@ -3166,16 +3223,19 @@ def _open_pg_schema(conn: _PgConnection, path: str, synchronous: str, create: bo
         if row is None or not str(row[0]).isdigit():
             raise StoreError(f"{path}: litejobs_meta has no valid schema_version (was it edited by hand?)")
         _refuse_newer_schema(path, int(row[0]))
-        return
-    if not create:
+        if int(row[0]) == _SCHEMA_VERSION or not create:
+            return
+    elif not create:
         raise StoreError(f"{path}: not a litejobs database (it has no litejobs tables)")
 
     def create_tables(conn: _PgConnection) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK,))
         for statement in _PG_DDL:
             conn.execute(statement)
+        # Every version so far only added tables and indexes, which the
+        # DDL makes where they are missing.
         conn.execute("""INSERT INTO litejobs_meta (key, value) VALUES ('schema_version', %s)
-                        ON CONFLICT (key) DO NOTHING""", (str(_SCHEMA_VERSION),))
+                        ON CONFLICT (key) DO UPDATE SET value = excluded.value""", (str(_SCHEMA_VERSION),))
 
     conn.run(create_tables, write=True)
 
@@ -4159,7 +4219,7 @@ def _render_stats(stats: dict[str, QueueStats]) -> str:
         return "no jobs yet"
     rows = []
     for queue, s in stats.items():
-        rows.append([queue, s.pending, s.scheduled, s.running, s.done, s.dead, s.cancelled,
+        rows.append([queue + (" (paused)" if s.paused else ""), s.pending, s.scheduled, s.running, s.done, s.dead, s.cancelled,
                      "-" if s.unregistered is None else s.unregistered,
                      f"{s.done_counts.this_hour}/{s.done_counts.today}/{s.done_counts.this_month}/{s.done_counts.all_time}",
                      f"{s.dead_counts.this_hour}/{s.dead_counts.today}/{s.dead_counts.this_month}/{s.dead_counts.all_time}"])
@@ -4266,6 +4326,18 @@ def _command_purge(store: SyncStore, args: Any) -> int:
     return 0
 
 
+def _command_pause(store: SyncStore, args: Any) -> int:
+    changed = store.pause(args.queue)
+    print(f"queue {args.queue!r}: paused" + ("" if changed else " already") + "; running jobs finish")
+    return 0
+
+
+def _command_resume(store: SyncStore, args: Any) -> int:
+    changed = store.resume(args.queue)
+    print(f"queue {args.queue!r}: " + ("resumed" if changed else "was not paused"))
+    return 0
+
+
 def _command_export(store: SyncStore, args: Any) -> int:
     records = store._run(_export_records)
     for record in records:
@@ -4367,6 +4439,10 @@ def _parser() -> Any:
     purge.add_argument("--state", required=True, choices=["done", "dead", "cancelled"])
     purge.add_argument("--older-than", type=_duration_argument, default=0.0, metavar="DURATION",
                        help="like 90s, 15m, 2h, 7d (default: all)")
+
+    for verb, text in (("pause", "stop workers on every host from claiming a queue's jobs"),
+                       ("resume", "let workers claim a paused queue's jobs again")):
+        commands.add_parser(verb, help=text).add_argument("queue", metavar="QUEUE")
 
     commands.add_parser("export", help="write pending, scheduled and dead jobs and schedules as JSON lines")
     load = commands.add_parser("import", help="add the jobs and schedules of an export (FILE, default stdin)")

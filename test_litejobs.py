@@ -565,7 +565,7 @@ def test_connect_creates_wal_database_and_enqueue_get(db):
             await store.close()
 
     run(main())
-    assert query(db, "SELECT value FROM litejobs_meta WHERE key = 'schema_version'") == [("2",)]
+    assert query(db, "SELECT value FROM litejobs_meta WHERE key = 'schema_version'") == [("3",)]
     if not on_postgres(db):
         assert query(db, "PRAGMA journal_mode") == [("wal",)]
 
@@ -612,7 +612,7 @@ def test_a_file_of_schema_version_1_is_migrated_and_keeps_its_jobs(sqlite_db):
 
     run(main())
     conn = sqlite3.connect(sqlite_db)
-    assert conn.execute("SELECT value FROM litejobs_meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    assert conn.execute("SELECT value FROM litejobs_meta WHERE key = 'schema_version'").fetchone()[0] == "3"
     indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "litejobs_jobs_claim" not in indexes and "litejobs_jobs_claim_by_name" in indexes
 
@@ -4623,3 +4623,51 @@ def test_the_claim_walks_the_index_even_with_a_generic_plan(postgresql_db):
         conn.execute(f"PREPARE claim (text[], text, float8) AS {sql}")
         plan = "\n".join(row[0] for row in conn.execute("EXPLAIN EXECUTE claim (ARRAY['echo'], 'default', 1e12)"))
     assert "litejobs_jobs_claim_by_name" in plan and "Seq Scan on litejobs_jobs" not in plan, plan
+
+
+# -- pausing a queue ---------------------------------------------------------------
+
+
+def test_a_paused_queue_claims_nothing_anywhere_until_resumed_and_running_jobs_finish(capsys, db):
+    async def main():
+        async with litejobs.connect(db) as store, litejobs.connect(db) as elsewhere:
+            release = asyncio.Event()
+
+            @dataclass
+            class Slow(litejobs.Job):
+                NAME = "slow"
+
+                async def run(self, state):
+                    await release.wait()
+                    return "finished"
+
+            running = await store.enqueue(Slow())
+            async with litejobs.Worker(store, [Slow, Echo], poll_interval=0.01):
+                await wait_state(store, running, "running")
+                assert await elsewhere.pause("default") is True  # another connection, as another host
+                assert await elsewhere.pause("default") is False
+                waiting = await store.enqueue(Echo("later"))
+                other_queue = await store.enqueue(Echo("urgent"), queue="urgent")
+                async with litejobs.Worker(elsewhere, [Echo], queues=["default", "urgent"], poll_interval=0.01):
+                    assert await elsewhere.wait(other_queue, timeout=15) == "urgent"  # other queues flow
+                    release.set()
+                    assert await store.wait(running, timeout=15) == "finished"  # a running job finishes
+                    for _ in range(3):  # housekeeping looks at every queue once a second
+                        await round_trip(store, wants={"default": 5}, names=["echo"])
+                    assert (await store.get(waiting)).state == "pending"
+                    stats = await store.stats()
+                    assert stats["default"].paused and not stats["urgent"].paused
+                    assert await store.resume("default") is True
+                    assert await store.wait(waiting, timeout=15) == "later"
+            assert not (await store.stats())["default"].paused
+
+    run(main())
+    code, out, _ = _cli(capsys, "--db", db, "pause", "reports")
+    assert code == 0 and out.strip() == "queue 'reports': paused; running jobs finish"
+    code, out, _ = _cli(capsys, "--db", db, "stats")
+    assert "reports (paused)" in out
+    assert orjson_loads(_cli(capsys, "--db", db, "stats", "--json")[1])["reports"]["paused"] is True
+    code, out, _ = _cli(capsys, "--db", db, "resume", "reports")
+    assert out.strip() == "queue 'reports': resumed"
+    with pytest.raises(ValueError, match="queue must be a non-empty str"):
+        litejobs.connect_sync(db).pause("")
