@@ -4219,7 +4219,8 @@ def _render_stats(stats: dict[str, QueueStats]) -> str:
         return "no jobs yet"
     rows = []
     for queue, s in stats.items():
-        rows.append([queue + (" (paused)" if s.paused else ""), s.pending, s.scheduled, s.running, s.done, s.dead, s.cancelled,
+        name = queue + (" (paused)" if s.paused else "")
+        rows.append([name, s.pending, s.scheduled, s.running, s.done, s.dead, s.cancelled,
                      "-" if s.unregistered is None else s.unregistered,
                      f"{s.done_counts.this_hour}/{s.done_counts.today}/{s.done_counts.this_month}/{s.done_counts.all_time}",
                      f"{s.dead_counts.this_hour}/{s.dead_counts.today}/{s.dead_counts.this_month}/{s.dead_counts.all_time}"])
