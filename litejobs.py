@@ -205,6 +205,8 @@ _DDL = [
         finished_at      REAL,
         last_error       TEXT,
         result           TEXT,
+        progress         REAL,  -- what the running attempt last reported, 0 to 1
+        progress_note    TEXT,
         """ + ",\n        ".join(f"CHECK ({check})" for check, _ in _JOB_CHECKS.values()) + """
     )""",
     # The claim walks this index in exactly its ORDER BY, one job name at a
@@ -277,16 +279,18 @@ _MIGRATIONS: dict[int, list[str]] = {
         "DROP INDEX IF EXISTS litejobs_jobs_next_due",
         "ALTER TABLE litejobs_recurring ADD COLUMN last_id INTEGER",
     ],
-    # Version 3: queues can be paused (litejobs_queues, made by _DDL).  The
-    # version still goes up, so that an older litejobs, which would claim
-    # from a paused queue, refuses the file.
-    3: [],
+    # Version 3: queues can be paused (litejobs_queues, made by _DDL), and
+    # running jobs report their progress.
+    3: [
+        "ALTER TABLE litejobs_jobs ADD COLUMN progress REAL",
+        "ALTER TABLE litejobs_jobs ADD COLUMN progress_note TEXT",
+    ],
 }
 
 _JOB_COLUMNS = (
     "id, name, queue, payload, state, priority, run_at, attempts, max_retries,"
     " backoff, backoff_value, timeout_ms, unique_key, lease, created_at,"
-    " started_at, finished_at, last_error, result"
+    " started_at, finished_at, last_error, result, progress, progress_note"
 )
 
 _SQL_INSERT_JOB = """
@@ -342,8 +346,8 @@ def _sql_claim(name_count: int) -> str:
         choose = f"SELECT id FROM ({per_name}) ORDER BY priority DESC, run_at, id LIMIT ?3"
     return f"""
         UPDATE litejobs_jobs
-           SET state = 'running', attempts = attempts + 1, lease = lease + 1,
-               started_at = ?1, deadline = ?1 + timeout_ms / 1000.0 + {_WATCHDOG_GRACE}
+           SET state = 'running', attempts = attempts + 1, lease = lease + 1, progress = NULL,
+               progress_note = NULL, started_at = ?1, deadline = ?1 + timeout_ms / 1000.0 + {_WATCHDOG_GRACE}
          WHERE id IN ({choose}) AND {_NOT_PAUSED}
         RETURNING id, name, queue, CAST(payload AS BLOB), attempts, lease, max_retries,
                   backoff, backoff_value, timeout_ms, priority, run_at"""
@@ -390,6 +394,12 @@ _SQL_REAPABLE = """
 _SQL_RENEW_DEADLINE = f"""
     UPDATE litejobs_jobs SET deadline = ?1 + ?4 + {_WATCHDOG_GRACE}
      WHERE id = ?2 AND lease = ?3 AND state = 'running'"""
+
+# Progress rides the round trip, fenced like an outcome: the latest report
+# of each running attempt, in one statement for all of them.
+_SQL_PROGRESS = """
+    UPDATE litejobs_jobs SET progress = ?, progress_note = ?
+     WHERE id = ? AND lease = ? AND state = 'running'"""
 
 _SQL_CANCEL_REQUESTED = "SELECT id, lease FROM litejobs_jobs WHERE state = 'running' AND cancel_requested = 1"
 
@@ -1005,6 +1015,8 @@ class JobInfo:
     finished_at: datetime | None
     last_error: str | None
     result: Any
+    progress: float | None = None  # 0 to 1, as the running (or last) attempt reported it
+    progress_note: str | None = None
 
     @classmethod
     def _from_row(cls, row: Sequence) -> JobInfo:
@@ -1017,7 +1029,7 @@ class JobInfo:
     def _from_row_unchecked(cls, row: Sequence) -> JobInfo:
         (id_, name, queue, payload, state, priority, run_at, attempts, max_retries,
          backoff, backoff_value, timeout_ms, unique_key, _lease, created_at,
-         started_at, finished_at, last_error, result) = row
+         started_at, finished_at, last_error, result, progress, progress_note) = row
         return cls(
             id=id_, name=name, queue=queue, payload=_loads_or_raw(payload),
             state=JobState(state), attempts=attempts,
@@ -1027,6 +1039,7 @@ class JobInfo:
             created_at=_datetime(created_at), started_at=_optional_datetime(started_at),
             finished_at=_optional_datetime(finished_at), last_error=last_error,
             result=None if result is None else _loads_or_raw(result),
+            progress=progress, progress_note=progress_note,
         )
 
 
@@ -1073,6 +1086,20 @@ class JobContext:
     queue: str
     attempt: int
     store: Store
+    _report: Callable[[float, str | None], None] = dataclasses.field(default=lambda f, n: None, repr=False,
+                                                                     compare=False)
+
+    async def progress(self, fraction: float, note: str | None = None) -> None:
+        """Record how far the job has got (0 to 1), with an optional note.
+
+        Costs no round trip of its own: the worker writes the latest report
+        of each of its jobs with its next round trip (within a second), all
+        in one statement, and emits a ``progress`` event now."""
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+            raise ValueError(f"progress must be a number from 0 to 1, got {fraction!r}")
+        if note is not None and not (isinstance(note, str) and _is_storable(note)):
+            raise ValueError(f"note must be a str a database can store (no lone surrogate, no NUL), got {note!r}")
+        self._report(float(fraction), note)
 
 
 # Holds the running attempt; its JobContext is built only when asked for.
@@ -1099,6 +1126,7 @@ class EventKind(_Word):
     RETRY = "retry"
     DEATH = "death"
     CANCELLATION = "cancellation"
+    PROGRESS = "progress"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1112,6 +1140,8 @@ class Event:
     attempt: int = 0
     duration: float | None = None
     error: str | None = None
+    progress: float | None = None  # for ``progress`` events: the fraction, and the note if any
+    note: str | None = None
 
 
 # --------------------------------------------------------------------------
@@ -1247,6 +1277,7 @@ class _Request:
     reap: Sequence[_Expiry] = ()  # expired attempts to fail, if they are still exactly so
     renew: Sequence[tuple[int, int, float]] = ()  # (id, lease, seconds left): deadlines to re-express
     look_for_cancels: bool = False
+    progress: Sequence[tuple[float, str | None, int, int]] = ()  # (fraction, note, id, lease)
     prune_before: float | None = None  # delete done/cancelled rows finished before this
     compact: bool = False
     # Not asked, but answered: the store leaves its answer here too, so that
@@ -1881,7 +1912,7 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
     if request.prune_before is not None:
         prune = conn.execute(_SQL_ANY_TO_PRUNE, (request.prune_before,)).fetchone() is not None
     if not (request.outcomes or request.wants or request.reap or request.renew or recurring or prune
-            or request.compact):
+            or request.compact or request.progress):
         answer.next_due = conn.execute(_SQL_NEXT_DUE, (answer.now,)).fetchone()[0]
         return answer
 
@@ -1892,6 +1923,7 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
         now = answer.now = clock()
         answer.written, answer.claimed, answer.enqueued = [], {}, []
         conn.executemany(_SQL_RENEW_DEADLINE, [(now, job_id, lease, left) for job_id, lease, left in request.renew])
+        conn.executemany(_SQL_PROGRESS, request.progress)
         todo = list(request.outcomes)
         # One outcome per attempt: the worker's own, when it has one, wins
         # over the watchdog's (an UPDATE ... FROM would apply either).
@@ -2845,8 +2877,13 @@ _PG_DDL = [
         started_at       DOUBLE PRECISION,
         finished_at      DOUBLE PRECISION,
         last_error       TEXT,
-        result           TEXT
+        result           TEXT,
+        progress         DOUBLE PRECISION,
+        progress_note    TEXT
     )""",
+    # What version 3 added to a table made by version 2.
+    "ALTER TABLE litejobs_jobs ADD COLUMN IF NOT EXISTS progress DOUBLE PRECISION",
+    "ALTER TABLE litejobs_jobs ADD COLUMN IF NOT EXISTS progress_note TEXT",
     # The claim walks this index per job name, in its ORDER BY, and locks
     # only the rows it takes (see _PG_CLAIM).
     """CREATE INDEX IF NOT EXISTS litejobs_jobs_claim_by_name
@@ -2950,8 +2987,8 @@ def _pg_claim(limit: int) -> str:
             ORDER BY job.priority DESC, job.run_at, job.id
             LIMIT {int(limit)})
         UPDATE litejobs_jobs AS j
-           SET state = 'running', attempts = attempts + 1, lease = lease + 1,
-               started_at = %(now)s, deadline = %(now)s + timeout_ms / 1000.0 + {_WATCHDOG_GRACE}
+           SET state = 'running', attempts = attempts + 1, lease = lease + 1, progress = NULL,
+               progress_note = NULL, started_at = %(now)s, deadline = %(now)s + timeout_ms / 1000.0 + {_WATCHDOG_GRACE}
           FROM chosen WHERE j.id = chosen.id
         RETURNING j.id, j.name, j.queue, convert_to(j.payload, 'UTF8'), j.attempts, j.lease, j.max_retries,
                   j.backoff, j.backoff_value, j.timeout_ms, j.priority, j.run_at"""
@@ -3401,9 +3438,12 @@ async def _enqueue_in_async(conn: Any, rows: list[NewJob]) -> int:
 class _Attempt:
     """One claimed job running in this worker (slots: one is made per job)."""
 
-    __slots__ = ("claimed", "job", "store", "started", "in_thread", "task", "timer", "settled", "stopping")
+    __slots__ = ("claimed", "job", "store", "started", "in_thread", "task", "timer", "settled", "stopping",
+                 "report")
 
-    def __init__(self, claimed: _Claimed, job: Job, store: Store, in_thread: bool) -> None:
+    def __init__(self, claimed: _Claimed, job: Job, store: Store, in_thread: bool,
+                 report: Callable[[_Attempt, float, str | None], None]) -> None:
+        self.report = report
         self.claimed = claimed
         self.job = job
         self.store = store
@@ -3416,7 +3456,8 @@ class _Attempt:
 
     def context(self) -> JobContext:
         claimed = self.claimed
-        return JobContext(claimed.id, claimed.name, claimed.queue, claimed.attempts, self.store)
+        return JobContext(claimed.id, claimed.name, claimed.queue, claimed.attempts, self.store,
+                          functools.partial(self.report, self))
 
     @property
     def timeout(self) -> float:
@@ -3670,6 +3711,7 @@ class Worker:
         # frozen attempt, this worker may claim the same job again.
         self._attempts: set[_Attempt] = set()
         self._outcomes: list[_Outcome] = []  # decided, not yet written
+        self._progress: dict[tuple[int, int], tuple[float, str | None, int, int]] = {}  # latest, not yet written
         self._in_flight: tuple[_Request, asyncio.Future] | None = None
         self._forced = False  # stop(force=True): hand everything back now
         self._waiter: asyncio.Future | None = None
@@ -3783,6 +3825,8 @@ class Worker:
                     return
             outcomes, self._outcomes = self._outcomes, []
             request = planner.plan(store.clock(), time.monotonic(), self._attempts, outcomes)
+            if self._progress and not request.asks_nothing():  # housekeeping asks once a second at least
+                request.progress, self._progress = list(self._progress.values()), {}
             if not request.asks_nothing():
                 self.claims += bool(request.wants)
                 try:
@@ -3790,6 +3834,8 @@ class Worker:
                 except Exception as exc:
                     self._in_flight = None
                     self._outcomes[:0] = outcomes  # nothing was written: ask again
+                    for report in request.progress:  # unless a newer report came meanwhile
+                        self._progress.setdefault((report[2], report[3]), report)
                     planner.failed(request)
                     failures += 1
                     if self._give_up(exc, failures, stop_deadline):
@@ -3873,7 +3919,7 @@ class Worker:
             logger.error("%s", error)
             self._record(_failure_outcome(claimed, error, "failure", dead_now=True))
             return
-        attempt = _Attempt(claimed, job, self.store, self._sync_run[claimed.name])
+        attempt = _Attempt(claimed, job, self.store, self._sync_run[claimed.name], self._report_progress)
         self._planner.running[claimed.queue] += 1
         self._attempts.add(attempt)
         if self._store.listening:
@@ -3883,6 +3929,16 @@ class Worker:
         attempt.timer = group
         group.attempts.append(attempt)
         group.live += 1
+
+    def _report_progress(self, attempt: _Attempt, fraction: float, note: str | None) -> None:
+        """Keep the attempt's latest report for the next round trip."""
+        if attempt.settled:
+            return
+        job = attempt.claimed
+        self._progress[job.id, job.lease] = (fraction, note, job.id, job.lease)
+        if self._store.listening:
+            self._store.emit(Event(EventKind.PROGRESS, job.id, job.name, job.queue, job.attempts,
+                                   progress=fraction, note=note))
 
     async def _call_run(self, attempt: _Attempt) -> Any:
         _current_job.set(attempt)
@@ -4201,6 +4257,10 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{fraction:.0%}"
+
+
 def _info_as_json(info: JobInfo) -> dict:
     data = dataclasses.asdict(info)
     data.update(state=info.state.value, max_retries=info.max_retries.as_column(),
@@ -4256,9 +4316,9 @@ def _command_jobs(store: SyncStore, args: Any) -> int:
     rows = []
     for info in infos:
         error = info.last_error.splitlines()[-1][:70] if info.last_error else ""
-        rows.append([info.id, info.name, info.queue, info.state.value, info.attempts,
+        rows.append([info.id, info.name, info.queue, info.state.value, info.attempts, _percent(info.progress),
                      _relative(info.run_at, now), _relative(info.finished_at, now), error])
-    print(_table(["ID", "NAME", "QUEUE", "STATE", "ATTEMPTS", "DUE", "FINISHED", "LAST ERROR"], rows))
+    print(_table(["ID", "NAME", "QUEUE", "STATE", "ATTEMPTS", "PROGRESS", "DUE", "FINISHED", "LAST ERROR"], rows))
     return 0
 
 
@@ -4281,6 +4341,7 @@ def _command_show(store: SyncStore, args: Any) -> int:
         ("due", _when(info.run_at, now)),
         ("started", _when(info.started_at, now)),
         ("finished", _when(info.finished_at, now)),
+        ("progress", _percent(info.progress) + (f" ({info.progress_note})" if info.progress_note else "")),
         ("payload", orjson.dumps(info.payload).decode()),
         ("result", "-" if info.result is None else orjson.dumps(info.result).decode()),
     ]

@@ -4671,3 +4671,61 @@ def test_a_paused_queue_claims_nothing_anywhere_until_resumed_and_running_jobs_f
     assert out.strip() == "queue 'reports': resumed"
     with pytest.raises(ValueError, match="queue must be a non-empty str"):
         litejobs.connect_sync(db).pause("")
+
+
+# -- progress ------------------------------------------------------------------------
+
+
+def test_progress_rides_the_worker_round_trip_and_shows_everywhere(capsys, db):
+    release = asyncio.Event()
+
+    @dataclass
+    class Crunch(litejobs.Job):
+        NAME = "crunch"
+
+        async def run(self, state):
+            context = litejobs.current()
+            for step in range(1, 1001):  # a tight loop: no round trip per call
+                await context.progress(step / 2000, note=f"row {step}")
+            with pytest.raises(ValueError, match="progress must be a number from 0 to 1, got 1.5"):
+                await context.progress(1.5)
+            with pytest.raises(ValueError, match="note must be a str"):
+                await context.progress(0.5, note=b"bytes")
+            await release.wait()
+            return "crunched"
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            events = []
+            store.on_event(lambda event: events.append(event) if event.kind == "progress" else None)
+            trips = 0
+            exchange = store.exchange
+
+            async def counted(request):
+                nonlocal trips
+                trips += 1
+                return await exchange(request)
+
+            store.exchange = counted
+            job_id = await store.enqueue(Crunch())
+            async with litejobs.Worker(store, [Crunch], poll_interval=0.01):
+                async def reported():
+                    info = await store.get(job_id)
+                    return info if info.progress == 0.5 else None
+
+                info = await wait_until(reported, "the last progress to be written")
+                assert info.progress_note == "row 1000" and info.state == "running"
+                assert trips < 20  # a second's housekeeping or two, not a thousand writes
+                code, out, _ = _cli(capsys, "--db", db, "jobs")
+                assert "50%" in out.splitlines()[1]
+                code, out, _ = _cli(capsys, "--db", db, "show", str(job_id))
+                assert "progress    50% (row 1000)" in out
+                release.set()
+                assert await store.wait(job_id, timeout=15) == "crunched"
+            assert len(events) == 1000 and events[-1].progress == 0.5 and events[-1].note == "row 1000"
+            # A new attempt starts from nothing.
+            await store.retry(job_id)
+            row = (await claim(store, 1, ["crunch"]))[0]
+            assert row.id == job_id and (await store.get(job_id)).progress is None
+
+    run(main())
