@@ -267,6 +267,11 @@ _DDL = [
         queue  TEXT PRIMARY KEY,
         paused INTEGER NOT NULL DEFAULT 0
     )""",
+    # Where imported jobs came from (see _import_records): kept after the
+    # jobs are pruned, so that importing a file again adds nothing again.
+    """CREATE TABLE IF NOT EXISTS litejobs_imported (
+        origin TEXT PRIMARY KEY
+    )""",
 ]
 
 # What turns a file of schema version N - 1 into version N.
@@ -1735,11 +1740,12 @@ def _enqueue_recurring(conn: sqlite3.Connection, now: float) -> list[tuple[int, 
 # -- moving jobs between stores ------------------------------------------------
 # ``litejobs export`` writes JSON lines: a header, then one line per pending,
 # scheduled or dead job and one per recurring schedule, each column as
-# stored (the payload as its JSON text, times as epoch seconds).  Importing
-# is all or nothing, and adds only what the target does not hold yet: a
-# job counts as there when a row with the same name, queue, payload, state,
-# priority, due time, attempts, creation time and key exists (as many such
-# rows as the file has such lines), a schedule when its key exists.
+# stored (the payload as its JSON text, times as epoch seconds).  A job's
+# line carries its origin, the source row's id and creation time: the
+# target remembers every origin it imported (litejobs_imported), so that a
+# file imported again adds nothing again, even after the jobs it brought
+# ran and were pruned.  A schedule is there when its key is.  Importing
+# checks every line first, then writes all or nothing.
 
 _EXPORT_HEADER = {"litejobs": "export", "version": 1}
 _EXPORT_JOB_FIELDS = ("name", "queue", "payload", "state", "priority", "run_at", "attempts", "max_retries",
@@ -1747,7 +1753,6 @@ _EXPORT_JOB_FIELDS = ("name", "queue", "payload", "state", "priority", "run_at",
                       "last_error")
 _EXPORT_RECURRING_FIELDS = ("key", "interval", "next_run", "name", "queue", "payload", "priority", "max_retries",
                             "backoff", "backoff_value", "timeout_ms")
-_JOB_IDENTITY = ("name", "queue", "payload", "state", "priority", "run_at", "attempts", "created_at", "unique_key")
 
 
 def _export_records(conn: Any) -> list[dict[str, Any]]:
@@ -1756,60 +1761,86 @@ def _export_records(conn: Any) -> list[dict[str, Any]]:
         raise LiteJobsError(f"{running} job(s) are running: stop the workers first, then export "
                             "(a running attempt cannot move)")
     records: list[dict[str, Any]] = [dict(_EXPORT_HEADER)]
-    for row in conn.execute(f"SELECT {', '.join(_EXPORT_JOB_FIELDS)} FROM litejobs_jobs "
-                            "WHERE state IN ('pending', 'dead') ORDER BY id"):
-        records.append({"job": dict(zip(_EXPORT_JOB_FIELDS, row, strict=True))})
+    for job_id, *row in conn.execute(f"SELECT id, {', '.join(_EXPORT_JOB_FIELDS)} FROM litejobs_jobs "
+                                     "WHERE state IN ('pending', 'dead') ORDER BY id"):
+        job = dict(zip(_EXPORT_JOB_FIELDS, row, strict=True))
+        records.append({"job": job, "origin": f"{job_id}@{job['created_at']!r}"})
     for row in conn.execute(f"SELECT {', '.join(_EXPORT_RECURRING_FIELDS)} FROM litejobs_recurring ORDER BY key"):
         records.append({"recurring": dict(zip(_EXPORT_RECURRING_FIELDS, row, strict=True))})
     return records
 
 
 def _import_records(conn: Any, records: Sequence[tuple[int, dict[str, Any]]]) -> tuple[int, int, int]:
-    """Add what ``records`` (line number, record) hold and the store does
-    not; returns (jobs added, jobs already there, schedules added)."""
-    groups: dict[tuple, list[tuple[int, dict[str, Any]]]] = {}
-    schedules = []
+    """Add what ``records`` (line number, checked record) hold and the store
+    does not; returns (jobs added, jobs already there, schedules added)."""
+    added = already = scheduled = 0
+    insert_job = (f"INSERT INTO litejobs_jobs ({', '.join(_EXPORT_JOB_FIELDS)}) "
+                  f"VALUES ({', '.join('?' for _ in _EXPORT_JOB_FIELDS)}) ON CONFLICT DO NOTHING RETURNING id")
+    insert_schedule = (f"INSERT INTO litejobs_recurring ({', '.join(_EXPORT_RECURRING_FIELDS)}) "
+                       f"VALUES ({', '.join('?' for _ in _EXPORT_RECURRING_FIELDS)}) "
+                       "ON CONFLICT DO NOTHING RETURNING key")
     for line, record in records:
-        if "job" in record:
-            job = record["job"]
-            groups.setdefault(tuple(job[field] for field in _JOB_IDENTITY), []).append((line, job))
-        else:
-            schedules.append((line, record["recurring"]))
-    same = " AND ".join(f"{field} = ?" for field in _JOB_IDENTITY[:-1])
-    added = already = 0
-    for identity, jobs in groups.items():
-        held = conn.execute(f"SELECT count(*) FROM litejobs_jobs WHERE {same} AND "
-                            "(unique_key = ? OR (unique_key IS NULL AND CAST(? AS TEXT) IS NULL))",
-                            (*identity, identity[-1])).fetchone()[0]
-        already += min(held, len(jobs))
-        for line, job in jobs[held:]:
-            try:
-                inserted = conn.execute(
-                    f"INSERT INTO litejobs_jobs ({', '.join(_EXPORT_JOB_FIELDS)}) "
-                    f"VALUES ({', '.join('?' for _ in _EXPORT_JOB_FIELDS)}) ON CONFLICT DO NOTHING RETURNING id",
-                    [job[field] for field in _EXPORT_JOB_FIELDS]).fetchone()
-            except Exception as exc:  # a CHECK or a type the file's value breaks
-                raise ValueError(f"line {line}: the job cannot be stored: {exc}") from None
-            if inserted is None:  # its unique_key is taken by a job waiting here
-                already += 1
-            else:
-                added += 1
-    scheduled = 0
-    for line, schedule in schedules:
         try:
-            scheduled += conn.execute(
-                f"INSERT INTO litejobs_recurring ({', '.join(_EXPORT_RECURRING_FIELDS)}) "
-                f"VALUES ({', '.join('?' for _ in _EXPORT_RECURRING_FIELDS)}) ON CONFLICT DO NOTHING RETURNING key",
-                [schedule[field] for field in _EXPORT_RECURRING_FIELDS]).fetchone() is not None
-        except Exception as exc:
-            raise ValueError(f"line {line}: the schedule cannot be stored: {exc}") from None
+            if "recurring" in record:
+                schedule = record["recurring"]
+                scheduled += conn.execute(insert_schedule, [schedule[f] for f in _EXPORT_RECURRING_FIELDS]
+                                          ).fetchone() is not None
+                continue
+            new = conn.execute("INSERT INTO litejobs_imported (origin) VALUES (?) ON CONFLICT DO NOTHING "
+                               "RETURNING origin", (record["origin"],)).fetchone()
+            job_id = None if new is None else conn.execute(
+                insert_job, [record["job"][f] for f in _EXPORT_JOB_FIELDS]).fetchone()
+        except Exception as exc:  # a type or a check the database refuses
+            raise ValueError(f"line {line}: cannot be stored: {exc}") from None
+        if job_id is None:  # imported before, or its unique_key is taken by a job waiting here
+            already += 1
+        else:
+            added += 1
     if (added or scheduled) and _on_postgres(conn):
         conn.notify()
     return added, already, scheduled
 
 
+def _check_exported(kind: str, body: dict[str, Any]) -> str | None:
+    """What is wrong with an exported job or schedule, if anything: the
+    rules new_job and every() apply, so that no line can break a worker."""
+    def whole(value: Any, low: int, high: int) -> bool:
+        return type(value) is int and low <= value <= high
+
+    def seconds(value: Any) -> bool:
+        return type(value) in (int, float) and _is_finite(value) and 0 <= value < _LATEST_DUE
+
+    for field in ("name", "queue", "payload", "key"):
+        if field in body and not (isinstance(body[field], str) and body[field] and _is_storable(body[field])):
+            return f"{field} must be non-empty text a database can store, got {body[field]!r}"
+    for field in ("unique_key", "last_error"):
+        if body.get(field) is not None and not (isinstance(body[field], str) and _is_storable(body[field])):
+            return f"{field} must be text a database can store, or null, got {body[field]!r}"
+    try:
+        orjson.loads(body["payload"])
+    except orjson.JSONDecodeError:
+        return f"payload is not JSON text: {body['payload'][:80]!r}"
+    checks = {
+        "priority": whole(body["priority"], -2**63, 2**63 - 1),
+        "max_retries": body["max_retries"] is None or whole(body["max_retries"], 0, _MAX_COUNT),
+        "backoff": body["backoff"] in ("linear", "exponential"),
+        "backoff_value": seconds(body["backoff_value"]) and (body["backoff"] != "exponential"
+                                                              or body["backoff_value"] >= 1),
+        "timeout_ms": _is_timeout(body["timeout_ms"]),
+    }
+    if kind == "job":
+        checks.update(state=body["state"] in ("pending", "dead"), run_at=seconds(body["run_at"]),
+                      created_at=seconds(body["created_at"]), attempts=whole(body["attempts"], 0, _MAX_COUNT),
+                      finished_at=body["finished_at"] is None or seconds(body["finished_at"]))
+    else:
+        checks.update(interval=seconds(body["interval"]) and 1 <= body["interval"] <= _MAX_DELAY,
+                      next_run=seconds(body["next_run"]))
+    wrong = [field for field, ok in checks.items() if not ok]
+    return None if not wrong else f"{wrong[0]} cannot be {body[wrong[0]]!r}"
+
+
 def _read_export(lines: Iterable[str]) -> list[tuple[int, dict[str, Any]]]:
-    """The records of an export, checked line by line before anything is written."""
+    """The records of an export, every line checked before anything is written."""
     records = []
     seen_header = False
     for number, text in enumerate(lines, 1):
@@ -1828,18 +1859,17 @@ def _read_export(lines: Iterable[str]) -> list[tuple[int, dict[str, Any]]]:
         kind, fields = ("job", _EXPORT_JOB_FIELDS) if isinstance(record, dict) and "job" in record else \
                        ("recurring", _EXPORT_RECURRING_FIELDS)
         body = record.get(kind) if isinstance(record, dict) else None
-        if not isinstance(body, dict):
-            raise ValueError(f"line {number}: expected a \"job\" or \"recurring\" record, got {text.strip()[:80]}")
+        if not isinstance(body, dict) or (kind == "job" and not isinstance(record.get("origin"), str)):
+            raise ValueError(f"line {number}: expected a job (with its origin) or a recurring schedule, "
+                             f"got {text.strip()[:80]}")
         missing = [field for field in fields if field not in body]
         if missing:
             raise ValueError(f"line {number}: the {kind} lacks {', '.join(missing)}")
-        if kind == "job" and body["state"] not in ("pending", "dead"):
-            raise ValueError(f"line {number}: only pending and dead jobs are imported, not {body['state']!r}")
-        for field in ("name", "queue", "payload", "key", "unique_key", "last_error"):
-            value = body.get(field)
-            if value is not None and not (isinstance(value, str) and _is_storable(value)):
-                raise ValueError(f"line {number}: {field} must be text a database can store, got {value!r}")
-        records.append((number, {kind: {field: body[field] for field in fields}}))
+        body = {field: body[field] for field in fields}
+        problem = _check_exported(kind, body)
+        if problem:
+            raise ValueError(f"line {number}: {problem}")
+        records.append((number, {kind: body, "origin": record.get("origin")}))
     if not seen_header:
         raise ValueError("the input is empty: not a litejobs export")
     return records
@@ -2930,6 +2960,9 @@ _PG_DDL = [
     """CREATE TABLE IF NOT EXISTS litejobs_queues (
         queue  TEXT PRIMARY KEY,
         paused INTEGER NOT NULL DEFAULT 0
+    )""",
+    """CREATE TABLE IF NOT EXISTS litejobs_imported (
+        origin TEXT PRIMARY KEY
     )""",
 ]
 

@@ -3767,7 +3767,7 @@ def test_export_and_import_move_waiting_dead_and_scheduled_work_once(capsys, tmp
         return sorted(query(db, f"SELECT {columns} FROM litejobs_jobs"), key=repr), \
             query(db, "SELECT key, interval, next_run, payload FROM litejobs_recurring")
 
-    for attempt in range(2):  # the same file twice adds nothing twice
+    for attempt in range(2):  # the same file twice adds nothing twice (a third time below)
         code, out, _ = _cli(capsys, "--db", db, "import", str(tmp_path / "jobs.jsonl"))
         assert code == 0
         assert out.strip() == ("imported 5 job(s) (0 already there) and 1 new schedule(s)" if attempt == 0 else
@@ -3780,13 +3780,36 @@ def test_export_and_import_move_waiting_dead_and_scheduled_work_once(capsys, tmp
         assert imported["later"].run_at == datetime.fromtimestamp(T0 + 3600, timezone.utc)
         assert store.stats()["default"].dead == 1 and store.stats()["default"].scheduled == 2
 
+    # Once the imported jobs ran and were purged, the file still adds nothing.
+    async def run_them():
+        async with litejobs.connect(db, clock=clock) as store:
+            async with litejobs.Worker(store, [Echo], poll_interval=0.01):
+                await wait_state(store, imported["same"].id, "done")
+            await store.purge(state="done")
+
+    run(run_them())
+    code, out, _ = _cli(capsys, "--db", db, "import", str(tmp_path / "jobs.jsonl"))
+    assert out.strip() == "imported 0 job(s) (5 already there) and 0 new schedule(s)"
+
     # Bad input: a clear error naming the line, and nothing stored.
     before = moved()
-    broken = exported.splitlines()
-    broken.insert(2, '{"job": {"name": "x"}}')
-    (tmp_path / "broken.jsonl").write_text("\n".join(broken) + "\n")
-    for file, expected in (("broken.jsonl", "line 3: the job lacks queue, payload"),
-                           ("old.db", "not a litejobs export (not UTF-8 text)"),
+    lines = exported.splitlines()
+    job_line, schedule_line = lines[1], lines[-1]
+    for number, (bad, expected) in enumerate([
+        ('{"job": {"name": "x"}, "origin": "1@1.0"}', "line 3: the job lacks queue, payload"),
+        ('{"job": {"name": "x"}}', "line 3: expected a job (with its origin)"),
+        (schedule_line.replace('"interval":60.0', '"interval":0'), "line 3: interval cannot be 0"),
+        (schedule_line.replace('"backoff":"exponential"', '"backoff":"weird"'), "line 3: backoff cannot be 'weird'"),
+        (job_line.replace('"priority":0', '"priority":1.7'), "line 3: priority cannot be 1.7"),
+        (job_line.replace('"timeout_ms":15000', '"timeout_ms":0'), "line 3: timeout_ms cannot be 0"),
+        (job_line.replace('"state":"pending"', '"state":"running"'), "line 3: state cannot be 'running'"),
+        (job_line.replace('"payload":"{', '"payload":"not json{'), "line 3: payload is not JSON text"),
+    ]):
+        broken = [*lines[:2], bad.replace('"origin":"', f'"origin":"new{number}-'), *lines[2:]]
+        (tmp_path / "broken.jsonl").write_text("\n".join(broken) + "\n")
+        code, _, err = _cli(capsys, "--db", db, "import", str(tmp_path / "broken.jsonl"))
+        assert code == 1 and expected in err and err.count("\n") == 1, (bad, err)
+    for file, expected in (("old.db", "not a litejobs export (not UTF-8 text)"),
                            ("missing.jsonl", "No such file or directory")):
         code, _, err = _cli(capsys, "--db", db, "import", str(tmp_path / file))
         assert code == 1 and expected in err and err.count("\n") == 1, err
