@@ -1381,6 +1381,9 @@ def _refuse_uri(path: str) -> None:
     watcher need the file's own path, which the URI only hides.  A plain
     path does everything a URI could do here.
     """
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", path):
+        raise StoreError(f"{_redacted(path)!r} is not a URL litejobs knows: give a file path, or a PostgreSQL "
+                         "URL that starts with postgresql:// or postgres://")
     if path.startswith("file:"):
         raise StoreError(f"{path!r} is a file: URI, which litejobs does not take: give the plain path to "
                          "the database file, like '/data/jobs.db' (for a file named 'file:...', write './file:...')")
@@ -2760,6 +2763,7 @@ class SyncStore(_StoreCalls):
         self.path = os.fspath(path)
         self._lock = threading.Lock()  # held by every call, close() included
         self._closed = False
+        self._pid = os.getpid()
         self._conn: sqlite3.Connection | _PgConnection
         if _is_postgres_url(self.path):
             server_clock = None if "clock" in options else _ServerClock()
@@ -2810,6 +2814,9 @@ class SyncStore(_StoreCalls):
         with self._lock:
             if self._closed:
                 raise StoreError(f"the store for {self.path!r} is closed")
+            if os.getpid() != self._pid:  # a connection shared across a fork mixes up both processes' answers
+                raise StoreError(f"the store for {self.path!r} was opened in another process (this one was "
+                                 "forked from it): connect_sync again in this process")
             try:
                 return _with_retries(self._conn, fn, *args, write=write)
             except sqlite3.ProgrammingError as exc:
@@ -3053,8 +3060,8 @@ _PG_REAPABLE = """
 # next_run before it returns it).
 _PG_RECURRING_DUE = _SQL_RECURRING_DUE + " FOR UPDATE SKIP LOCKED"
 
-# UPDATE OR IGNORE, spelled out: a dead job whose unique_key another job
-# holds stays dead, and of dead jobs sharing a key only the newest returns.
+# UPDATE OR IGNORE, spelled out: a dead job whose unique_key a waiting job
+# holds stays dead, and of dead jobs sharing a key only the first returns.
 _PG_RETRY_JOBS = """
     UPDATE litejobs_jobs AS j
        SET state = 'pending', attempts = 0, run_at = %(now)s, finished_at = NULL,
@@ -3064,14 +3071,20 @@ _PG_RETRY_JOBS = """
        AND (unique_key IS NULL
             OR (NOT EXISTS (SELECT 1 FROM litejobs_jobs AS o WHERE o.unique_key = j.unique_key
                                                                AND o.state IN ('pending', 'running'))
-                AND j.id = (SELECT max(d.id) FROM litejobs_jobs AS d
-                             WHERE d.unique_key = j.unique_key AND d.state IN ('done', 'dead', 'cancelled'))))"""
+                AND (%(id)s::bigint IS NOT NULL
+                     OR j.id = (SELECT min(d.id) FROM litejobs_jobs AS d
+                                 WHERE d.unique_key = j.unique_key AND d.state = 'dead'
+                                   AND (%(queue)s::text IS NULL OR d.queue = %(queue)s)))))"""
 
 _PG_FIND_UNIQUE = _SQL_FIND_UNIQUE.replace("?", "%s")
 
 # What an enqueue on a caller's own connection reads first: the server's
 # time, and the channel of the connection's schema.
-_PG_NOW_AND_CHANNEL = "SELECT extract(epoch FROM clock_timestamp())::float8, 'litejobs.' || current_schema()"
+# (A channel name holds 63 bytes: a long schema name is hashed.)
+_PG_NOW_AND_CHANNEL = """
+    SELECT extract(epoch FROM clock_timestamp())::float8,
+           'litejobs.' || CASE WHEN octet_length(current_schema()) <= 48 THEN current_schema()
+                               ELSE md5(current_schema()) END"""
 
 _PG_SCHEMA_LOCK = 0x6C6974656A6F6273  # "litejobs": an advisory lock while tables are made
 
@@ -3094,14 +3107,20 @@ def _import_psycopg() -> Any:
     return psycopg
 
 
-def _redacted(url: str) -> str:
-    """The URL with its password, if any, replaced by ***: for logs and errors."""
+def _passwords(url: str) -> list[str]:
+    """The passwords a URL holds: after the user name, or as ?password=."""
     parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+    found = [value for key, value in urllib.parse.parse_qsl(parts.query) if key == "password" and value]
+    return ([parts.password] if parts.password else []) + found
+
+
+def _redacted(url: str) -> str:
+    """The URL with every password replaced by ***: for logs and errors."""
+    for password in _passwords(url):
+        url = url.replace(":" + urllib.parse.quote(password, safe="") + "@", ":***@")
+        url = url.replace(":" + password + "@", ":***@")
+        url = re.sub(r"([?&]password=)[^&]*", r"\1***", url)
+    return url
 
 
 class _ServerClock:
@@ -3131,7 +3150,6 @@ class _ServerClock:
 
 
 _SERVER_CLOCK_CHECK = 30.0
-_PG_GIVE_UP_AFTER = 5.0  # a connection that cannot be made again within this is the caller's error
 
 
 class _PgConnection:
@@ -3151,27 +3169,21 @@ class _PgConnection:
         self.connect()
 
     @staticmethod
-    def borrowing(conn: Any) -> _PgConnection:
-        """Wrap a caller's open psycopg connection, as it is: its transaction stays the caller's."""
+    def borrowing(conn: Any) -> tuple[_PgConnection, float]:
+        """Wrap a caller's open psycopg connection, as it is (its transaction
+        stays the caller's, its rows come as tuples whatever its row
+        factory); and the server's time."""
         wrapper = _PgConnection.__new__(_PgConnection)
         wrapper.psycopg = sys.modules["psycopg"]
         wrapper.url = wrapper.path = "the caller's connection"
         wrapper.read_only, wrapper.server_clock, wrapper.closed = False, None, False
-        wrapper._conn = conn
-        wrapper.channel = _pg_channel(conn)
-        return wrapper
+        wrapper._conn = _TupleRows(conn, wrapper.psycopg.rows.tuple_row)
+        now, wrapper.channel = wrapper.execute(_PG_NOW_AND_CHANNEL).fetchone()
+        return wrapper, now
 
     def connect(self) -> None:
-        options: dict[str, Any] = {"autocommit": True, "application_name": "litejobs"}
-        given = self.psycopg.conninfo.conninfo_to_dict(self.url)
-        # A cut network shows as a dead connection within half a minute,
-        # not the operating system's quarter of an hour.
-        for key, value in (("connect_timeout", 10), ("keepalives", 1), ("keepalives_idle", 10),
-                           ("keepalives_interval", 5), ("keepalives_count", 3)):
-            if key not in given:
-                options[key] = value
         try:
-            self._conn = self.psycopg.connect(self.url, **options)
+            self._conn = self.psycopg.connect(self.url, **_pg_options(self.psycopg, self.url, "litejobs"))
             if self.read_only:
                 self._conn.execute("SET default_transaction_read_only = on")
             self.channel = _pg_channel(self._conn)
@@ -3183,16 +3195,21 @@ class _PgConnection:
 
     def error(self, exc: BaseException) -> StoreError:
         """A StoreError naming the database, its password never shown."""
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        password = urllib.parse.urlsplit(self.url).password if "://" in self.url else None
-        if password:
+        text = _first_line(exc)
+        for password in _passwords(self.url) if "://" in self.url else []:
             text = text.replace(password, "***")
         return StoreError(f"{self.path}: {text}")
 
     @property
     def pid(self) -> int | None:
-        """The server process of this connection, whose own notices its listener ignores."""
-        return None if self._conn is None else self._conn.info.backend_pid
+        """The server process of this connection, whose own notices its
+        listener ignores.  Read from the listener's thread, while this
+        connection may be closing or opening again on its own."""
+        conn = self._conn
+        try:
+            return None if conn is None else conn.info.backend_pid
+        except Exception:
+            return None
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = (), *, prepare: bool | None = None) -> Any:
         if not params or "%(" in sql or "%s" in sql or "%b" in sql:  # PostgreSQL's own, or none to bind
@@ -3256,14 +3273,35 @@ def _pyformat(sql: str) -> tuple[str, tuple[int, ...] | None]:
     """sqlite3's ``?`` and ``?N`` placeholders as psycopg's ``%s``, and
     which parameter each ``%s`` takes (None: in order)."""
     order: list[int] = []
+    plain = []
 
     def placeholder(match: re.Match) -> str:
         if match.group(1):
             order.append(int(match.group(1)) - 1)
+        else:
+            plain.append(match)
         return "%s"
 
     translated = re.sub(r"\?(\d*)", placeholder, sql.replace("%", "%%"))
+    if order and plain:
+        raise ValueError(f"a statement mixes ? and ?N placeholders: {sql}")
     return translated, (tuple(order) if order else None)
+
+
+def _first_line(exc: BaseException) -> str:
+    """libpq's messages run over several lines; the first says what happened."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _pg_options(psycopg: Any, url: str, application_name: str) -> dict[str, Any]:
+    """Connection options the URL does not set itself.  A cut network shows
+    as a dead connection within half a minute, not the operating system's
+    quarter of an hour."""
+    given = psycopg.conninfo.conninfo_to_dict(url)
+    defaults = {"application_name": application_name, "connect_timeout": 10, "keepalives": 1,
+                "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+    return {"autocommit": True, **{key: value for key, value in defaults.items() if key not in given}}
 
 
 def _one_statement(fn: Callable, args: tuple) -> bool:
@@ -3276,6 +3314,20 @@ def _pg_channel(conn: Any) -> str:
     """The channel of the connection's schema: apps sharing a database in
     different schemas do not wake each other's workers."""
     return conn.execute(_PG_NOW_AND_CHANNEL).fetchone()[1]
+
+
+class _TupleRows:
+    """A caller's psycopg connection whose statements answer tuples, as the
+    store's functions expect, whatever row factory the caller chose."""
+
+    def __init__(self, conn: Any, tuple_row: Any) -> None:
+        self._conn, self._tuple_row = conn, tuple_row
+
+    def execute(self, sql: str, params: Any = None, **options: Any) -> Any:
+        return self._conn.cursor(row_factory=self._tuple_row).execute(sql, params, **options)
+
+    def cursor(self) -> Any:
+        return self._conn.cursor(row_factory=self._tuple_row)
 
 
 def _open_pg_schema(conn: _PgConnection, path: str, synchronous: str, create: bool = True) -> None:
@@ -3339,22 +3391,25 @@ def _pg_insert_jobs(conn: _PgConnection, rows: Sequence[NewJob], now: float) -> 
 
 async def _pg_insert_jobs_async(conn: Any, rows: Sequence[NewJob]) -> list[tuple[int, bool]]:
     """_pg_insert_jobs on a caller's psycopg AsyncConnection."""
-    now, channel = (await (await conn.execute(_PG_NOW_AND_CHANNEL)).fetchone())
-    if all(row.unique_key is None for row in rows):
-        cursor = await conn.execute(_PG_INSERT_JOBS, _pg_insert_arguments(rows, now, channel))
-        return [(job_id, True) for job_id, in await cursor.fetchall()]
+    async def one(sql: str, params: Any = None) -> Any:
+        cursor = conn.cursor(row_factory=sys.modules["psycopg"].rows.tuple_row)
+        return await (await cursor.execute(sql, params)).fetchone()
+
+    now, channel = await one(_PG_NOW_AND_CHANNEL)
+    if len(rows) == 1 and rows[0].unique_key is None:
+        return [((await one(_PG_INSERT_ONE, (*rows[0]._row(now), channel)))[0], True)]
     ids = []
     for row in rows:
         while True:
-            inserted = await (await conn.execute(_PG_INSERT_UNIQUE, row._row(now))).fetchone()
+            inserted = await one(_PG_INSERT_UNIQUE, row._row(now))
             if inserted is not None:
                 ids.append((inserted[0], True))
                 break
-            existing = await (await conn.execute(_PG_FIND_UNIQUE, (row.unique_key,))).fetchone()
+            existing = await one(_PG_FIND_UNIQUE, (row.unique_key,))
             if existing is not None:
                 ids.append((existing[0], False))
                 break
-    await conn.execute("SELECT pg_notify(%s, '')", (channel,))
+    await one("SELECT pg_notify(%s, '')", (channel,))
     return ids
 
 
@@ -3396,7 +3451,7 @@ def _listen(url: str, channel: str, stop: threading.Event, wake: Callable[[], bo
     pause = 0.1
     while not stop.is_set():
         try:
-            with psycopg.connect(url, autocommit=True, application_name="litejobs-listen") as conn:
+            with psycopg.connect(url, **_pg_options(psycopg, url, "litejobs-listen")) as conn:
                 conn.execute(f"LISTEN {psycopg.sql.Identifier(channel).as_string(conn)}")
                 pause = 0.1
                 if not wake():
@@ -3412,7 +3467,7 @@ def _listen(url: str, channel: str, stop: threading.Event, wake: Callable[[], bo
             if stop.is_set():  # the store closed, or its database went away with it
                 return
             logger.warning("listening for new jobs on %s failed, trying again in %.1fs: %s",
-                           _redacted(url), pause, exc)
+                           _redacted(url), pause, _first_line(exc))
             stop.wait(pause)
             pause = min(pause * 2, 5.0)
 
@@ -3434,8 +3489,10 @@ def enqueue_in(conn: Any, job: Job | NewJob, **options: Any) -> Any:
     rows = _new_jobs([job], options)
     module = type(conn).__module__.split(".")[0]
     if isinstance(conn, sqlite3.Connection):
+        cursor = conn.cursor()
+        cursor.row_factory = None  # tuples, whatever the caller's connection makes
         try:
-            return _insert_jobs(conn, rows, time.time)[0][0]
+            return _insert_jobs(cast(sqlite3.Connection, cursor), rows, time.time)[0][0]
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
                 raise StoreError("enqueue_in: this connection's database has no litejobs tables: open it "
@@ -3444,13 +3501,12 @@ def enqueue_in(conn: Any, job: Job | NewJob, **options: Any) -> Any:
     if module == "psycopg" and inspect.iscoroutinefunction(getattr(conn, "execute", None)):
         return _enqueue_in_async(conn, rows)
     if module == "psycopg":
-        wrapper = _PgConnection.borrowing(conn)
-        now = conn.execute(_PG_NOW_AND_CHANNEL).fetchone()[0]
+        psycopg = _import_psycopg()
         try:
+            wrapper, now = _PgConnection.borrowing(conn)
             return _pg_insert_jobs(wrapper, rows, now)[0][0]
-        except wrapper.psycopg.errors.UndefinedTable:
-            raise StoreError("enqueue_in: this connection's database has no litejobs tables: open it "
-                             "once with litejobs.connect() first") from None
+        except psycopg.Error as exc:
+            raise _enqueue_in_error(psycopg, exc) from None
     raise TypeError(f"enqueue_in needs a sqlite3.Connection or a psycopg connection, got {type(conn).__name__}")
 
 
@@ -3458,9 +3514,15 @@ async def _enqueue_in_async(conn: Any, rows: list[NewJob]) -> int:
     psycopg = _import_psycopg()
     try:
         return (await _pg_insert_jobs_async(conn, rows))[0][0]
-    except psycopg.errors.UndefinedTable:
-        raise StoreError("enqueue_in: this connection's database has no litejobs tables: open it "
-                         "once with litejobs.connect() first") from None
+    except psycopg.Error as exc:
+        raise _enqueue_in_error(psycopg, exc) from None
+
+
+def _enqueue_in_error(psycopg: Any, exc: BaseException) -> StoreError:
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        return StoreError("enqueue_in: this connection's database has no litejobs tables: open it "
+                          "once with litejobs.connect() first")
+    return StoreError(f"enqueue_in: {_first_line(exc)}")
 
 
 # --------------------------------------------------------------------------
@@ -4576,6 +4638,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if os.path.exists(args.demo_db + suffix):
                         os.remove(args.demo_db + suffix)
             return asyncio.run(_demo(args.demo_db))
+        if not _is_postgres_url(args.db):
+            _refuse_uri(args.db)  # a URL of another kind is not a file name
         if args.command == "worker":
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             return asyncio.run(_command_worker(args))

@@ -4752,3 +4752,95 @@ def test_progress_rides_the_worker_round_trip_and_shows_everywhere(capsys, db):
             assert row.id == job_id and (await store.get(job_id)).progress is None
 
     run(main())
+
+
+def test_a_retry_of_a_dead_job_whose_key_a_finished_job_reused_works_on_both_stores(db):
+    Failing = failing_job(litejobs.Count(0))
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            first = await store.enqueue(Failing(), unique_key="K")
+            async with litejobs.Worker(store, [Failing, Echo], poll_interval=0.01):
+                await wait_state(store, first, "dead")
+                later = await store.enqueue(Echo("same key"), unique_key="K")
+                await wait_state(store, later, "done")
+                second = await store.enqueue(Failing(), unique_key="K")
+                await wait_state(store, second, "dead")
+            # Two dead jobs share the key: one goes back (the first), the other stays dead.
+            assert await store.retry_dead() == 1
+            assert [(await store.get(i)).state for i in (first, second)] == ["pending", "dead"]
+
+    run(main())
+
+
+def test_a_sync_store_used_in_a_forked_child_says_so(db):
+    store = litejobs.connect_sync(db)
+    store.enqueue(Echo(1))
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: gunicorn --preload hands every worker the parent's store
+        try:
+            store.get(1)
+            os.write(write, b"no error")
+        except litejobs.StoreError as exc:
+            os.write(write, str(exc).encode()[:500])
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    message = os.read(read, 1000).decode()
+    assert "was opened in another process (this one was forked from it)" in message, message
+    assert store.get(1).payload == {"value": 1}  # the parent's store still works
+    store.close()
+
+
+def test_what_a_caller_chose_for_its_own_connection_does_not_matter_to_enqueue_in(db):
+    def dict_rows(cursor, row):
+        return {column[0]: value for column, value in zip(cursor.description, row, strict=True)}
+
+    litejobs.connect_sync(db).close()  # the tables
+    if on_postgres(db):
+        import psycopg
+        import psycopg.rows
+
+        conn = psycopg.connect(db, row_factory=psycopg.rows.dict_row)
+    else:
+        conn = sqlite3.connect(db)
+        conn.row_factory = dict_rows
+    first = litejobs.enqueue_in(conn, Echo(1), unique_key="once")
+    assert litejobs.enqueue_in(conn, Echo(2), unique_key="once") == first
+    second = litejobs.enqueue_in(conn, Echo(3))
+    conn.commit()
+    conn.close()
+    assert [row[0] for row in query(db, "SELECT id FROM litejobs_jobs ORDER BY id")] == [first, second]
+
+
+def test_urls_litejobs_does_not_know_and_passwords_in_the_query_string(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for url in ("mysql://app@db/jobs", "postgresql+psycopg://app@db/jobs", "PostgreSQL://app@db/jobs"):
+        with pytest.raises(litejobs.StoreError, match="is not a URL litejobs knows: give a file path, or"):
+            litejobs.connect_sync(url)
+        code, _, err = _cli(capsys, "--db", url, "stats")
+        assert code == 1 and "not a URL litejobs knows" in err
+    assert os.listdir(tmp_path) == []  # no file named like a URL
+    url = "postgresql://127.0.0.1:1/jobs?user=app&password=Tops3cret"
+    code, out, err = _cli(capsys, "--db", url, "stats")
+    assert code == 1 and "Tops3cret" not in out + err and "password=***" in err
+    assert litejobs._redacted("postgresql://u:p%40ss@h/db?password=x&sslmode=require") == \
+        "postgresql://u:***@h/db?password=***&sslmode=require"
+
+
+def test_a_long_schema_name_still_gets_a_channel(postgresql_db):
+    import psycopg
+
+    schema = "s" * 60
+    with psycopg.connect(postgresql_db, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    url = postgresql_db + f"?options=-csearch_path%3D{schema}"
+
+    async def main():
+        async with litejobs.connect(url) as store:
+            job_id = await store.enqueue(Echo("deep"))
+            async with litejobs.Worker(store, [Echo], poll_interval=0.01):
+                assert await store.wait(job_id, timeout=15) == "deep"
+
+    run(main())
