@@ -251,7 +251,9 @@ _DDL = [
         backoff       TEXT NOT NULL,
         backoff_value REAL NOT NULL,
         timeout_ms    INTEGER NOT NULL,
-        last_id       INTEGER  -- the job of the latest tick: while it waits, ticks coalesce
+        last_id       INTEGER,  -- the job of the latest tick: while it waits, ticks coalesce
+        cron          TEXT,  -- a cron schedule instead of the interval (then 0), in time zone tz
+        tz            TEXT
     )""",
     # Running workers and the job names they know, so that the statistics
     # can tell pending jobs that no worker will ever claim.
@@ -284,11 +286,13 @@ _MIGRATIONS: dict[int, list[str]] = {
         "DROP INDEX IF EXISTS litejobs_jobs_next_due",
         "ALTER TABLE litejobs_recurring ADD COLUMN last_id INTEGER",
     ],
-    # Version 3: queues can be paused (litejobs_queues, made by _DDL), and
-    # running jobs report their progress.
+    # Version 3: queues can be paused (litejobs_queues, made by _DDL),
+    # running jobs report their progress, and schedules may be cron's.
     3: [
         "ALTER TABLE litejobs_jobs ADD COLUMN progress REAL",
         "ALTER TABLE litejobs_jobs ADD COLUMN progress_note TEXT",
+        "ALTER TABLE litejobs_recurring ADD COLUMN cron TEXT",
+        "ALTER TABLE litejobs_recurring ADD COLUMN tz TEXT",
     ],
 }
 
@@ -449,7 +453,7 @@ _SQL_COMPACT_COUNTS = """
 
 _SQL_RECURRING_DUE = """
     SELECT key, interval, next_run, name, queue, payload, priority, max_retries,
-           backoff, backoff_value, timeout_ms, last_id
+           backoff, backoff_value, timeout_ms, last_id, cron, tz
       FROM litejobs_recurring WHERE next_run <= ?"""
 
 _SQL_ANY_RECURRING_DUE = "SELECT 1 FROM litejobs_recurring WHERE next_run <= ? LIMIT 1"
@@ -1683,31 +1687,180 @@ def _compact_counts(conn: sqlite3.Connection, now: float) -> None:
     conn.execute("DELETE FROM litejobs_counts WHERE hour > 0 AND hour < ?", (cutoff,))
 
 
+# -- cron schedules ----------------------------------------------------------
+# Five fields (minute, hour, day of month, month, day of week) with ranges,
+# lists, steps and names, and the usual @ forms.  As in Vixie cron, when both
+# day fields are restricted a day matches either.  Times are wall-clock
+# times in the schedule's time zone: a time that a spring-forward change
+# skips runs as if the clock had not yet moved (02:30 runs at 03:30), and a
+# time that a fall-back change repeats runs once, at its first occurrence.
+
+_CRON_MACROS = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
+                "@weekly": "0 0 * * 0", "@monthly": "0 0 1 * *", "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *"}
+_CRON_NAMES = {
+    "month": {name: n for n, name in enumerate(
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)},
+    "day of week": {name: n for n, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))},
+}
+_CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12),
+                ("day of week", 0, 7))
+
+
+class _Cron(NamedTuple):
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    days: frozenset[int]
+    months: frozenset[int]
+    weekdays: frozenset[int]  # 0 is Sunday
+    any_day: bool  # the day-of-month field is *
+    any_weekday: bool  # the day-of-week field is *
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_cron(expression: str) -> _Cron:
+    """The sets of minutes, hours, days, months and weekdays that match, or a
+    ValueError naming the field that is wrong."""
+    if not isinstance(expression, str):
+        raise ValueError(f"a cron expression must be a str, got {expression!r}")
+    text = _CRON_MACROS.get(expression.strip().lower(), expression)
+    fields = text.split()
+    if len(fields) != 5:
+        raise ValueError(f"cron expression {expression!r} has {len(fields)} fields; it needs 5 "
+                         "(minute hour day-of-month month day-of-week) or one of " + ", ".join(_CRON_MACROS))
+    sets = []
+    for field, (what, low, high) in zip(fields, _CRON_FIELDS, strict=True):
+        names = _CRON_NAMES.get(what, {})
+
+        def value(text: str, what: str = what, low: int = low, high: int = high, names: dict = names) -> int:
+            number = names.get(text.lower()) if not text.isdigit() else int(text)
+            if number is None or not low <= number <= high:
+                raise ValueError(f"cron expression {expression!r}: {text!r} is not a {what} ({low}-{high}"
+                                 + (", or a name like " + next(iter(names)) if names else "") + ")")
+            return number
+
+        chosen: set[int] = set()
+        for part in field.split(","):
+            span, _, step_text = part.partition("/")
+            if step_text and (not step_text.isdigit() or int(step_text) == 0):
+                raise ValueError(f"cron expression {expression!r}: step {step_text!r} in the {what} field "
+                                 "is not a whole number above 0")
+            step = int(step_text) if step_text else 1
+            if span == "*":
+                first, last = low, high
+            elif "-" in span:
+                start, _, end = span.partition("-")
+                first, last = value(start), value(end)
+                if first > last:
+                    raise ValueError(f"cron expression {expression!r}: range {span!r} in the {what} field "
+                                     "runs backwards")
+            else:
+                first = value(span)
+                last = high if step_text else first
+            chosen.update(range(first, last + 1, step))
+        sets.append(frozenset(chosen))
+    minutes, hours, days, months, weekdays = sets
+    weekdays = frozenset(day % 7 for day in weekdays)  # 7 is Sunday too
+    return _Cron(minutes, hours, days, months, weekdays, fields[2] == "*", fields[4] == "*")
+
+
+@functools.lru_cache(maxsize=64)
+def _time_zone(name: str) -> Any:
+    import zoneinfo
+
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"tz must be the name of a time zone like 'Europe/Paris', got {name!r}")
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}: give an IANA name like 'Europe/Paris' or 'UTC' "
+                         "(on Windows, pip install tzdata)") from None
+
+
+def _cron_day_matches(cron: _Cron, moment: datetime) -> bool:
+    day_ok = moment.day in cron.days
+    weekday_ok = (moment.isoweekday() % 7) in cron.weekdays
+    if cron.any_day or cron.any_weekday:
+        return day_ok and weekday_ok
+    return day_ok or weekday_ok  # both restricted: either, as in Vixie cron
+
+
+def _cron_next(cron: _Cron, tz: Any, after: float) -> float:
+    """The first matching minute strictly after the epoch time ``after``."""
+    moment = datetime.fromtimestamp(after, tz).replace(tzinfo=None, second=0, microsecond=0) + timedelta(minutes=1)
+    give_up = moment.year + 9  # 29 February comes back within eight years
+    while moment.year <= give_up:
+        if moment.month not in cron.months:
+            moment = (moment.replace(day=1, hour=0, minute=0) + timedelta(days=32)).replace(day=1)
+        elif not _cron_day_matches(cron, moment):
+            moment = moment.replace(hour=0, minute=0) + timedelta(days=1)
+        elif moment.hour not in cron.hours:
+            moment = moment.replace(minute=0) + timedelta(hours=1)
+        elif moment.minute not in cron.minutes:
+            moment += timedelta(minutes=1)
+        else:
+            epoch = moment.replace(tzinfo=tz).timestamp()  # fold=0: the first of a repeated time
+            if epoch > after:
+                return _cron_repeated_hour(cron, tz, after, epoch)
+            moment += timedelta(minutes=1)  # a repeated time, already past
+    raise ValueError("this cron expression never matches a real date (like 30 February)")
+
+
+def _cron_repeated_hour(cron: _Cron, tz: Any, after: float, found: float) -> float:
+    """``found``, or an earlier match in the hour that a fall-back repeats.
+
+    A schedule for every hour runs in both passes of the repeated hour (it
+    counts real hours); one for a given hour runs once, at the first.
+    """
+    start = datetime.fromtimestamp(after, tz)
+    if len(cron.hours) < 24 or (start.fold == 0 and start.utcoffset() == datetime.fromtimestamp(found, tz).utcoffset()):
+        return found
+    minute = math.floor(after / 60) * 60 + 60
+    while minute < min(found, after + 2 * 86_400):  # minutes of real time, through the change
+        local = datetime.fromtimestamp(minute, tz)
+        if local.minute in cron.minutes and local.hour in cron.hours and local.month in cron.months \
+                and _cron_day_matches(cron, local):
+            return minute
+        minute += 60
+    return found
+
+
 # -- recurring jobs ----------------------------------------------------------
 
 
 def _set_recurring(conn: sqlite3.Connection, key: str, interval: float, row: NewJob,
-                   clock: Callable[[], float]) -> None:
-    """Store a recurring schedule; the first tick is due at once.  Declaring
-    the same schedule again (as an app does at every start) keeps its place."""
+                   clock: Callable[[], float], cron: str | None = None, tz: str | None = None) -> None:
+    """Store a recurring schedule: an interval's first tick is due at once, a
+    cron schedule's at its next matching minute.  Declaring the same
+    schedule again (as an app does at every start) keeps its place."""
+    now = clock()
+    first = now if cron is None else _cron_next(_parse_cron(cron), _time_zone(cast(str, tz)), now)
     conn.execute(
         """INSERT INTO litejobs_recurring (key, interval, next_run, name, queue, payload, priority,
-                                           max_retries, backoff, backoff_value, timeout_ms)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                           max_retries, backoff, backoff_value, timeout_ms, cron, tz)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
            ON CONFLICT (key) DO UPDATE SET
                next_run = CASE WHEN litejobs_recurring.interval = excluded.interval
+                                    AND coalesce(litejobs_recurring.cron, '') = coalesce(excluded.cron, '')
+                                    AND coalesce(litejobs_recurring.tz, '') = coalesce(excluded.tz, '')
                                THEN litejobs_recurring.next_run ELSE excluded.next_run END,
+               cron = excluded.cron, tz = excluded.tz,
                last_id = CASE WHEN litejobs_recurring.name = excluded.name AND litejobs_recurring.queue = excluded.queue
                                    AND litejobs_recurring.payload = excluded.payload
                               THEN litejobs_recurring.last_id END,
                interval = excluded.interval, name = excluded.name, queue = excluded.queue,
                payload = excluded.payload, priority = excluded.priority, max_retries = excluded.max_retries,
                backoff = excluded.backoff, backoff_value = excluded.backoff_value, timeout_ms = excluded.timeout_ms""",
-        (key, interval, clock(), row.name, row.queue, row.payload, row.priority,
-         row.max_retries.as_column(), row.backoff.kind, row.backoff.value, row.timeout),
+        (key, interval, first, row.name, row.queue, row.payload, row.priority,
+         row.max_retries.as_column(), row.backoff.kind, row.backoff.value, row.timeout, cron, tz),
     )
-    if _on_postgres(conn):  # its first tick is due now
+    if _on_postgres(conn):  # its first tick may be due now
         conn.notify()
+
+
+def _list_schedules(conn: Any) -> list[tuple[str, float, str | None, str | None, str, str, float]]:
+    """Every schedule: key, interval, cron, tz, job name, queue, next run."""
+    return conn.execute("SELECT key, interval, cron, tz, name, queue, next_run FROM litejobs_recurring "
+                        "ORDER BY next_run, key").fetchall()
 
 
 def _unset_recurring(conn: sqlite3.Connection, key: str) -> bool:
@@ -1724,11 +1877,13 @@ def _enqueue_recurring(conn: sqlite3.Connection, now: float) -> list[tuple[int, 
     knows it is up, or its queue is busy): one run, not a pile.
     """
     enqueued = []
-    for key, interval, next_run, name, queue, payload, priority, max_retries, backoff, value, timeout, last_id in (
-        conn.execute(_PG_RECURRING_DUE if _on_postgres(conn) else _SQL_RECURRING_DUE, (now,)).fetchall()
-    ):
-        missed = math.floor((now - next_run) / interval)
-        tick = next_run + missed * interval
+    for (key, interval, next_run, name, queue, payload, priority, max_retries, backoff, value, timeout, last_id,
+         cron, tz) in conn.execute(_PG_RECURRING_DUE if _on_postgres(conn) else _SQL_RECURRING_DUE, (now,)).fetchall():
+        if cron is None:
+            missed = math.floor((now - next_run) / interval)
+            tick, following = next_run + missed * interval, next_run + (missed + 1) * interval
+        else:
+            tick, following = _cron_ticks(cron, tz, next_run, now)
         if last_id is None or conn.execute(_SQL_NOT_STARTED, (last_id,)).fetchone() is None:
             last_id = conn.execute(
                 _SQL_INSERT_JOB + " RETURNING id",
@@ -1736,8 +1891,19 @@ def _enqueue_recurring(conn: sqlite3.Connection, now: float) -> list[tuple[int, 
             ).fetchone()[0]
             enqueued.append((last_id, name, queue))
         conn.execute("UPDATE litejobs_recurring SET next_run = ?, last_id = ? WHERE key = ?",
-                     (tick + interval, last_id, key))
+                     (following, last_id, key))
     return enqueued
+
+
+def _cron_ticks(cron: str, tz: str, next_run: float, now: float) -> tuple[float, float]:
+    """The latest tick due by ``now`` (missed ones coalesce into it) and the one after."""
+    schedule, zone = _parse_cron(cron), _time_zone(tz)
+    tick, following = next_run, _cron_next(schedule, zone, next_run)
+    for _ in range(100_000):  # over two months of a schedule for every minute: then one jump
+        if following > now:
+            return tick, following
+        tick, following = following, _cron_next(schedule, zone, following)
+    return tick, _cron_next(schedule, zone, now)
 
 
 # -- moving jobs between stores ------------------------------------------------
@@ -1755,7 +1921,7 @@ _EXPORT_JOB_FIELDS = ("name", "queue", "payload", "state", "priority", "run_at",
                       "backoff", "backoff_value", "timeout_ms", "unique_key", "created_at", "finished_at",
                       "last_error")
 _EXPORT_RECURRING_FIELDS = ("key", "interval", "next_run", "name", "queue", "payload", "priority", "max_retries",
-                            "backoff", "backoff_value", "timeout_ms")
+                            "backoff", "backoff_value", "timeout_ms", "cron", "tz")
 
 
 def _export_records(conn: Any) -> list[dict[str, Any]]:
@@ -1835,9 +2001,15 @@ def _check_exported(kind: str, body: dict[str, Any]) -> str | None:
         checks.update(state=body["state"] in ("pending", "dead"), run_at=seconds(body["run_at"]),
                       created_at=seconds(body["created_at"]), attempts=whole(body["attempts"], 0, _MAX_COUNT),
                       finished_at=body["finished_at"] is None or seconds(body["finished_at"]))
+    elif body["cron"] is not None:
+        try:
+            _cron_next(_parse_cron(body["cron"]), _time_zone(body["tz"]), 0)
+        except ValueError as exc:
+            return str(exc)
+        checks.update(next_run=seconds(body["next_run"]))
     else:
         checks.update(interval=seconds(body["interval"]) and 1 <= body["interval"] <= _MAX_DELAY,
-                      next_run=seconds(body["next_run"]))
+                      next_run=seconds(body["next_run"]), tz=body["tz"] is None)
     wrong = [field for field, ok in checks.items() if not ok]
     return None if not wrong else f"{wrong[0]} cannot be {body[wrong[0]]!r}"
 
@@ -2142,11 +2314,22 @@ class _StoreCalls:
         finished_state = _check_state(state, ("done", "dead", "cancelled"), "purge state")
         return self._run(_purge_jobs, finished_state, self.clock() - _seconds(older_than, "older_than"))
 
-    def every(self, interval: float | timedelta, job: Job, *, key: str | None = None) -> Any:
-        """Enqueue ``job`` every ``interval`` (at least 1 s), under ``key`` (default: its NAME)."""
-        seconds = _delay_seconds(interval, "interval")
-        if seconds < 1:
-            raise ValueError(f"interval must be at least 1 second, got {seconds:g}s")
+    def every(self, interval: float | timedelta | str, job: Job, *, key: str | None = None,
+              tz: str | None = None) -> Any:
+        """Enqueue ``job`` every ``interval`` (at least 1 s), or at the minutes a
+        cron expression like ``"0 3 * * *"`` names in time zone ``tz``
+        (default UTC), under ``key`` (default: its NAME)."""
+        cron = None
+        if isinstance(interval, str):
+            cron, tz = interval.strip(), "UTC" if tz is None else tz
+            _cron_next(_parse_cron(cron), _time_zone(tz), self.clock())  # a bad one stores nothing
+            seconds = 0.0
+        elif tz is not None:
+            raise ValueError("tz= goes with a cron expression like '0 3 * * *', not with an interval")
+        else:
+            seconds = _delay_seconds(interval, "interval")
+            if seconds < 1:
+                raise ValueError(f"interval must be at least 1 second, got {seconds:g}s")
         row = new_job(job)
         key = row.name if key is None else key
         if not isinstance(key, str) or not key:
@@ -2154,7 +2337,7 @@ class _StoreCalls:
         if not _is_storable(key):
             raise SerializationError(f"key {key!r} is not text a database can store "
                                      "(it holds a lone surrogate or a NUL character)")
-        return self._run_and_wake(_set_recurring, key, seconds, row, self.clock, write=True)
+        return self._run_and_wake(_set_recurring, key, seconds, row, self.clock, cron, tz, write=True)
 
     def unschedule(self, key: str) -> Any:
         """Remove a recurring schedule; True if there was one."""
@@ -2182,7 +2365,8 @@ class Store(_StoreCalls):
         async def retry(self, job_id: int) -> int: ...
         async def retry_dead(self, queue: str | None = None) -> int: ...
         async def purge(self, *, state: str | JobState, older_than: float | timedelta = 0) -> int: ...
-        async def every(self, interval: float | timedelta, job: Job, *, key: str | None = None) -> None: ...
+        async def every(self, interval: float | timedelta | str, job: Job, *, key: str | None = None,
+                        tz: str | None = None) -> None: ...
         async def unschedule(self, key: str) -> bool: ...
         async def pause(self, queue: str) -> bool: ...
         async def resume(self, queue: str) -> bool: ...
@@ -2749,7 +2933,8 @@ class SyncStore(_StoreCalls):
         def retry(self, job_id: int) -> int: ...
         def retry_dead(self, queue: str | None = None) -> int: ...
         def purge(self, *, state: str | JobState, older_than: float | timedelta = 0) -> int: ...
-        def every(self, interval: float | timedelta, job: Job, *, key: str | None = None) -> None: ...
+        def every(self, interval: float | timedelta | str, job: Job, *, key: str | None = None,
+                  tz: str | None = None) -> None: ...
         def unschedule(self, key: str) -> bool: ...
         def pause(self, queue: str) -> bool: ...
         def resume(self, queue: str) -> bool: ...
@@ -2955,8 +3140,12 @@ _PG_DDL = [
         backoff       TEXT NOT NULL,
         backoff_value DOUBLE PRECISION NOT NULL,
         timeout_ms    BIGINT NOT NULL,
-        last_id       BIGINT
+        last_id       BIGINT,
+        cron          TEXT,
+        tz            TEXT
     )""",
+    "ALTER TABLE litejobs_recurring ADD COLUMN IF NOT EXISTS cron TEXT",
+    "ALTER TABLE litejobs_recurring ADD COLUMN IF NOT EXISTS tz TEXT",
     """CREATE TABLE IF NOT EXISTS litejobs_workers (
         id         TEXT PRIMARY KEY,
         host       TEXT NOT NULL,
@@ -4483,6 +4672,24 @@ def _command_purge(store: SyncStore, args: Any) -> int:
     return 0
 
 
+def _command_schedules(store: SyncStore, args: Any) -> int:
+    schedules = store._run(_list_schedules)
+    if args.json:
+        _print_json([{"key": key, "interval": None if cron else interval, "cron": cron, "tz": tz, "name": name,
+                      "queue": queue, "next_run": _datetime(next_run).isoformat()}
+                     for key, interval, cron, tz, name, queue, next_run in schedules])
+        return 0
+    if not schedules:
+        print("no schedules")
+        return 0
+    now = store.clock()
+    rows = [[key, f"{cron} ({tz})" if cron else f"every {interval:g}s", name, queue,
+             f"{_datetime(next_run).isoformat(timespec='seconds')} ({_relative(_datetime(next_run), now)})"]
+            for key, interval, cron, tz, name, queue, next_run in schedules]
+    print(_table(["KEY", "SCHEDULE", "JOB", "QUEUE", "NEXT RUN"], rows))
+    return 0
+
+
 def _command_pause(store: SyncStore, args: Any) -> int:
     changed = store.pause(args.queue)
     print(f"queue {args.queue!r}: paused" + ("" if changed else " already") + "; running jobs finish")
@@ -4597,6 +4804,8 @@ def _parser() -> Any:
     purge.add_argument("--older-than", type=_duration_argument, default=0.0, metavar="DURATION",
                        help="like 90s, 15m, 2h, 7d (default: all)")
 
+    commands.add_parser("schedules", parents=[output], help="recurring schedules and their next run")
+
     for verb, text in (("pause", "stop workers on every host from claiming a queue's jobs"),
                        ("resume", "let workers claim a paused queue's jobs again")):
         commands.add_parser(verb, help=text).add_argument("queue", metavar="QUEUE")
@@ -4646,7 +4855,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         creates = args.command == "import"  # moving up may begin with an empty store
         if not creates and not _is_postgres_url(args.db) and not os.path.exists(args.db):  # inspecting never creates
             raise StoreError(f"{args.db}: no such file (use --db PATH or set LITEJOBS_DB)")
-        read_only = args.command in ("stats", "jobs", "show", "export")
+        read_only = args.command in ("stats", "jobs", "show", "export", "schedules")
         with SyncStore(args.db, create=creates, read_only=read_only) as store:
             command = globals()[f"_command_{args.command}"]
             return command(store, args)

@@ -4844,3 +4844,104 @@ def test_a_long_schema_name_still_gets_a_channel(postgresql_db):
                 assert await store.wait(job_id, timeout=15) == "deep"
 
     run(main())
+
+
+# -- cron schedules --------------------------------------------------------------------
+
+
+def _cron_times(expression, start, tz="UTC", n=4):
+    """The next ``n`` ticks after ``start`` (ISO), as ISO times in ``tz``."""
+    schedule, zone = litejobs._parse_cron(expression), litejobs._time_zone(tz)
+    moment, times = datetime.fromisoformat(start).timestamp(), []
+    for _ in range(n):
+        moment = litejobs._cron_next(schedule, zone, moment)
+        times.append(datetime.fromtimestamp(moment, zone).isoformat())
+    return times
+
+
+def test_cron_expressions_match_the_minutes_they_name():
+    assert _cron_times("*/15 * * * *", "2026-01-01T00:00:00+00:00") == [
+        "2026-01-01T00:15:00+00:00", "2026-01-01T00:30:00+00:00", "2026-01-01T00:45:00+00:00",
+        "2026-01-01T01:00:00+00:00"]
+    assert _cron_times("0 3 * * mon-fri", "2026-01-01T00:00:00+00:00") == [  # 1 January 2026 is a Thursday
+        "2026-01-01T03:00:00+00:00", "2026-01-02T03:00:00+00:00", "2026-01-05T03:00:00+00:00",
+        "2026-01-06T03:00:00+00:00"]
+    assert _cron_times("5,35 9-10 * jan,jul 0", "2026-01-01T00:00:00+00:00", n=3) == [
+        "2026-01-04T09:05:00+00:00", "2026-01-04T09:35:00+00:00", "2026-01-04T10:05:00+00:00"]
+    assert _cron_times("@monthly", "2026-01-15T00:00:00+00:00", n=2) == [
+        "2026-02-01T00:00:00+00:00", "2026-03-01T00:00:00+00:00"]
+    assert _cron_times("@weekly", "2026-01-01T00:00:00+00:00", n=1) == ["2026-01-04T00:00:00+00:00"]
+    assert _cron_times("0 0 29 2 *", "2026-01-01T00:00:00+00:00", n=2) == [
+        "2028-02-29T00:00:00+00:00", "2032-02-29T00:00:00+00:00"]
+    # Both day fields restricted: either matches, as in Vixie cron.
+    assert _cron_times("0 0 13 * fri", "2026-01-01T00:00:00+00:00", n=3) == [
+        "2026-01-02T00:00:00+00:00", "2026-01-09T00:00:00+00:00", "2026-01-13T00:00:00+00:00"]
+    assert _cron_times("0 12 * * 7", "2026-01-01T00:00:00+00:00", n=1) == ["2026-01-04T12:00:00+00:00"]
+
+
+def test_cron_across_daylight_saving_changes():
+    # Paris springs forward at 02:00 on 29 March 2026: 02:30 that day runs at 03:30, once.
+    assert _cron_times("30 2 * * *", "2026-03-27T00:00:00+00:00", "Europe/Paris") == [
+        "2026-03-27T02:30:00+01:00", "2026-03-28T02:30:00+01:00", "2026-03-29T03:30:00+02:00",
+        "2026-03-30T02:30:00+02:00"]
+    # It falls back at 03:00 on 25 October: 01:30 and 02:30 run once, at their first occurrence ...
+    assert _cron_times("30 2 * * *", "2026-10-23T00:00:00+00:00", "Europe/Paris") == [
+        "2026-10-23T02:30:00+02:00", "2026-10-24T02:30:00+02:00", "2026-10-25T02:30:00+02:00",
+        "2026-10-26T02:30:00+01:00"]
+    # ... while a schedule for every hour counts real hours, both passes of the repeated one.
+    assert _cron_times("*/30 * * * *", "2026-10-25T00:15:00+00:00", "Europe/Paris", n=5) == [
+        "2026-10-25T02:30:00+02:00", "2026-10-25T02:00:00+01:00", "2026-10-25T02:30:00+01:00",
+        "2026-10-25T03:00:00+01:00", "2026-10-25T03:30:00+01:00"]
+    assert _cron_times("0 9 * * *", "2026-03-07T15:00:00+00:00", "America/New_York", n=2) == [
+        "2026-03-08T09:00:00-04:00", "2026-03-09T09:00:00-04:00"]  # New York sprang forward on 8 March
+
+
+def test_cron_ticks_fire_once_per_matching_minute_across_stores(capsys, db):
+    clock = FakeClock()  # T0 is 2027-01-15 08:00 UTC
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as one, litejobs.connect(db, clock=clock) as other:
+            for bad, message in [("61 * * * *", "'61' is not a minute"), ("0 0 30 2 *", "never matches"),
+                                 ("* * *", "has 3 fields")]:
+                with pytest.raises(ValueError, match=message):
+                    await one.every(bad, Report(), key="bad")
+            with pytest.raises(ValueError, match="unknown time zone 'Mars/Olympus'"):
+                await one.every("0 3 * * *", Report(), key="bad", tz="Mars/Olympus")
+            with pytest.raises(ValueError, match="tz= goes with a cron expression"):
+                await one.every(60, Report(), key="bad", tz="UTC")
+            await one.every("*/15 * * * *", Report(), key="report")
+            await one.every("0 9 * * *", Report("paris"), key="paris", tz="Europe/Paris")
+            await other.every("*/15 * * * *", Report(), key="report")  # declared again elsewhere: same place
+            for _ in range(70):  # seventy minutes of two hosts' workers, each taking what is due
+                clock.advance(60)
+                for store in (one, other):
+                    await round_trip(store, housekeeping=True, wants={"default": 10}, names=["report"])
+            ticks = sorted(job.run_at for job in await one.jobs(name="report", limit=1000))
+            return ticks
+
+    ticks = run(main())
+    assert [t.isoformat() for t in ticks] == [
+        "2027-01-15T08:15:00+00:00", "2027-01-15T08:30:00+00:00", "2027-01-15T08:45:00+00:00",
+        "2027-01-15T09:00:00+00:00"]  # 09:00 UTC is 10:00 in Paris: that one is not due yet
+    code, out, _ = _cli(capsys, "--db", db, "schedules")
+    assert code == 0 and "*/15 * * * * (UTC)" in out and "0 9 * * * (Europe/Paris)" in out
+    assert "2027-01-16T08:00:00+00:00" in out  # 09:00 in Paris, the next morning
+    assert query(db, "SELECT key FROM litejobs_recurring ORDER BY key") == [("paris",), ("report",)]
+
+
+def test_missed_cron_ticks_coalesce_into_the_latest(db):
+    clock = FakeClock()
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            await store.every("*/10 * * * *", Report(), key="report")
+            clock.advance(3 * 3600 + 5 * 60)  # three hours with no worker up
+            await round_trip(store, housekeeping=True, names=["noop"])
+            jobs = await store.jobs(name="report")
+            assert [job.run_at.isoformat() for job in jobs] == ["2027-01-15T11:00:00+00:00"]
+            clock.advance(5 * 60)
+            await round_trip(store, housekeeping=True, names=["noop"])
+            # The first tick's job still waits (no worker knows it): the next coalesces with it.
+            assert len(await store.jobs(name="report")) == 1
+
+    run(main())
