@@ -183,6 +183,9 @@ _DDL = [
     # AUTOINCREMENT: an id is never reused after its row is pruned, so an
     # old id held by a caller can never name somebody else's job.  The CHECKs
     # refuse hand edits that would leave a job unclaimable or crash a worker.
+    # progress is what the running (or last) attempt reported, 0 to 1.
+    # (No comments inside the statements: SQLite keeps their text, and
+    # rewrites it when a column is dropped.)
     """CREATE TABLE IF NOT EXISTS litejobs_jobs (
         id               INTEGER PRIMARY KEY AUTOINCREMENT,
         name             TEXT NOT NULL,
@@ -205,7 +208,7 @@ _DDL = [
         finished_at      REAL,
         last_error       TEXT,
         result           TEXT,
-        progress         REAL,  -- what the running attempt last reported, 0 to 1
+        progress         REAL,
         progress_note    TEXT,
         """ + ",\n        ".join(f"CHECK ({check})" for check, _ in _JOB_CHECKS.values()) + """
     )""",
@@ -239,6 +242,8 @@ _DDL = [
         n     INTEGER NOT NULL,
         PRIMARY KEY (queue, state, hour)
     ) WITHOUT ROWID""",
+    # last_id: the job of the latest tick (while it waits, ticks coalesce);
+    # cron: a cron schedule instead of the interval (then 0), in time zone tz.
     """CREATE TABLE IF NOT EXISTS litejobs_recurring (
         key           TEXT PRIMARY KEY,
         interval      REAL NOT NULL,
@@ -251,8 +256,8 @@ _DDL = [
         backoff       TEXT NOT NULL,
         backoff_value REAL NOT NULL,
         timeout_ms    INTEGER NOT NULL,
-        last_id       INTEGER,  -- the job of the latest tick: while it waits, ticks coalesce
-        cron          TEXT,  -- a cron schedule instead of the interval (then 0), in time zone tz
+        last_id       INTEGER,
+        cron          TEXT,
         tz            TEXT
     )""",
     # Running workers and the job names they know, so that the statistics
@@ -1429,11 +1434,19 @@ def _refuse_newer_schema(path: str, version: int) -> None:
                          f"{__version__} knows only up to {_SCHEMA_VERSION}: upgrade litejobs")
 
 
-def _open_schema(conn: sqlite3.Connection, path: str, synchronous: str, create: bool = True) -> None:
+def _older_schema(path: str, version: int) -> StoreError:
+    return StoreError(f"{path} has litejobs schema version {version}, older than this litejobs' "
+                      f"{_SCHEMA_VERSION}: open it once read-write (a worker, connect(), or any command that "
+                      "changes something) to bring it up to date")
+
+
+def _open_schema(conn: sqlite3.Connection, path: str, synchronous: str, create: bool = True,
+                 migrate: bool = True) -> None:
     """Check the file, switch to WAL and create the tables: reads first, so a
     file that is not ours to change is refused before anything is written.
     With ``create`` false the file must already be a litejobs database, and
-    nothing is written: that is how the command line inspects."""
+    nothing is written unless an older one is to be brought up to date
+    (``migrate``): that is how the command line opens it."""
     if not _SQLITE_HAS_RETURNING:
         raise StoreError(f"litejobs needs SQLite 3.35 or newer (for UPDATE ... RETURNING); "
                          f"this Python has SQLite {sqlite3.sqlite_version}")
@@ -1450,10 +1463,12 @@ def _open_schema(conn: sqlite3.Connection, path: str, synchronous: str, create: 
         if version is None:
             raise StoreError(f"{path}: litejobs_meta has no valid schema_version (was it edited by hand?)")
         _refuse_newer_schema(path, version)
+        if version < _SCHEMA_VERSION and not migrate:
+            raise _older_schema(path, version)
+        if not create and version == _SCHEMA_VERSION:
+            return
     elif not create:
         raise StoreError(f"{path}: not a litejobs database (it has no litejobs tables)")
-    if not create:
-        return
     try:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     except sqlite3.DatabaseError as exc:
@@ -1622,7 +1637,9 @@ def _set_paused(conn: Any, queue: str, paused: bool) -> bool:
 def _paused_queues(conn: Any) -> list[str]:
     try:
         return [queue for queue, in conn.execute("SELECT queue FROM litejobs_queues WHERE paused = 1")]
-    except Exception:  # a file of schema version 2, opened read-only (the CLI): nothing is paused there
+    except Exception as exc:  # a file of schema version 2, opened read-only (the CLI): nothing is paused there
+        if "litejobs_queues" not in str(exc):
+            raise
         return []
 
 
@@ -1706,14 +1723,19 @@ _CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("m
                 ("day of week", 0, 7))
 
 
+def _cron_text(cron: _Cron) -> str:
+    return repr(getattr(cron, "expression", "?"))
+
+
 class _Cron(NamedTuple):
     minutes: frozenset[int]
     hours: frozenset[int]
     days: frozenset[int]
     months: frozenset[int]
     weekdays: frozenset[int]  # 0 is Sunday
-    any_day: bool  # the day-of-month field is *
-    any_weekday: bool  # the day-of-week field is *
+    any_day: bool  # the day-of-month field starts with *
+    any_weekday: bool  # the day-of-week field starts with *
+    expression: str = ""
 
 
 @functools.lru_cache(maxsize=256)
@@ -1732,16 +1754,17 @@ def _parse_cron(expression: str) -> _Cron:
         names = _CRON_NAMES.get(what, {})
 
         def value(text: str, what: str = what, low: int = low, high: int = high, names: dict = names) -> int:
-            number = names.get(text.lower()) if not text.isdigit() else int(text)
+            number = int(text) if text.isascii() and text.isdigit() else names.get(text.lower())
             if number is None or not low <= number <= high:
-                raise ValueError(f"cron expression {expression!r}: {text!r} is not a {what} ({low}-{high}"
+                article = "an" if what[0] in "aeiouh" else "a"
+                raise ValueError(f"cron expression {expression!r}: {text!r} is not {article} {what} ({low}-{high}"
                                  + (", or a name like " + next(iter(names)) if names else "") + ")")
             return number
 
         chosen: set[int] = set()
         for part in field.split(","):
             span, _, step_text = part.partition("/")
-            if step_text and (not step_text.isdigit() or int(step_text) == 0):
+            if step_text and (not (step_text.isascii() and step_text.isdigit()) or int(step_text) == 0):
                 raise ValueError(f"cron expression {expression!r}: step {step_text!r} in the {what} field "
                                  "is not a whole number above 0")
             step = int(step_text) if step_text else 1
@@ -1760,7 +1783,9 @@ def _parse_cron(expression: str) -> _Cron:
         sets.append(frozenset(chosen))
     minutes, hours, days, months, weekdays = sets
     weekdays = frozenset(day % 7 for day in weekdays)  # 7 is Sunday too
-    return _Cron(minutes, hours, days, months, weekdays, fields[2] == "*", fields[4] == "*")
+    # As Vixie cron: a day field is unrestricted when it starts with "*" (so "*/2" too).
+    return _Cron(minutes, hours, days, months, weekdays, fields[2].startswith("*"), fields[4].startswith("*"),
+                 expression)
 
 
 @functools.lru_cache(maxsize=64)
@@ -1786,7 +1811,14 @@ def _cron_day_matches(cron: _Cron, moment: datetime) -> bool:
 
 def _cron_next(cron: _Cron, tz: Any, after: float) -> float:
     """The first matching minute strictly after the epoch time ``after``."""
-    moment = datetime.fromtimestamp(after, tz).replace(tzinfo=None, second=0, microsecond=0) + timedelta(minutes=1)
+    start = datetime.fromtimestamp(after, tz)
+    earlier = datetime.fromtimestamp(after - 3 * 3600, tz)
+    if earlier.utcoffset() != start.utcoffset():
+        # The clocks moved in the last hours: wall times they skipped (which
+        # run late, at fold 0) may still be ahead of ``after`` though their
+        # wall time is behind it.  Look from before the change.
+        start = earlier
+    moment = start.replace(tzinfo=None, second=0, microsecond=0) + timedelta(minutes=1)
     give_up = moment.year + 9  # 29 February comes back within eight years
     while moment.year <= give_up:
         if moment.month not in cron.months:
@@ -1802,7 +1834,7 @@ def _cron_next(cron: _Cron, tz: Any, after: float) -> float:
             if epoch > after:
                 return _cron_repeated_hour(cron, tz, after, epoch)
             moment += timedelta(minutes=1)  # a repeated time, already past
-    raise ValueError("this cron expression never matches a real date (like 30 February)")
+    raise ValueError(f"cron expression {_cron_text(cron)} never matches a real date (like 30 February)")
 
 
 def _cron_repeated_hour(cron: _Cron, tz: Any, after: float, found: float) -> float:
@@ -1879,11 +1911,18 @@ def _enqueue_recurring(conn: sqlite3.Connection, now: float) -> list[tuple[int, 
     enqueued = []
     for (key, interval, next_run, name, queue, payload, priority, max_retries, backoff, value, timeout, last_id,
          cron, tz) in conn.execute(_PG_RECURRING_DUE if _on_postgres(conn) else _SQL_RECURRING_DUE, (now,)).fetchall():
-        if cron is None:
-            missed = math.floor((now - next_run) / interval)
-            tick, following = next_run + missed * interval, next_run + (missed + 1) * interval
-        else:
-            tick, following = _cron_ticks(cron, tz, next_run, now)
+        try:
+            if cron is None:
+                missed = math.floor((now - next_run) / interval)
+                tick, following = next_run + missed * interval, next_run + (missed + 1) * interval
+            else:
+                tick, following = _cron_ticks(cron, tz, next_run, now)
+        except (ValueError, ZeroDivisionError, OverflowError, TypeError) as exc:
+            # Edited by hand, or a time zone this host's zone data lacks: the
+            # schedule waits an hour and says why; every other job goes on.
+            logger.error("recurring schedule %r cannot be computed here, trying again in an hour: %s", key, exc)
+            conn.execute("UPDATE litejobs_recurring SET next_run = ? WHERE key = ?", (now + 3600, key))
+            continue
         if last_id is None or conn.execute(_SQL_NOT_STARTED, (last_id,)).fetchone() is None:
             last_id = conn.execute(
                 _SQL_INSERT_JOB + " RETURNING id",
@@ -1896,14 +1935,25 @@ def _enqueue_recurring(conn: sqlite3.Connection, now: float) -> list[tuple[int, 
 
 
 def _cron_ticks(cron: str, tz: str, next_run: float, now: float) -> tuple[float, float]:
-    """The latest tick due by ``now`` (missed ones coalesce into it) and the one after."""
+    """The latest tick due by ``now`` (missed ones coalesce into it) and the one after.
+
+    Walks tick by tick from a day before ``now`` at most (a day of ticks
+    for a schedule of every minute); a schedule with no tick in that day
+    is sparse, so walking from ``next_run`` is short."""
     schedule, zone = _parse_cron(cron), _time_zone(tz)
-    tick, following = next_run, _cron_next(schedule, zone, next_run)
-    for _ in range(100_000):  # over two months of a schedule for every minute: then one jump
+    tick = next_run
+    candidate = next_run
+    if now - next_run > 86_400:
+        candidate = _cron_next(schedule, zone, now - 86_400)
+        if candidate > now:
+            candidate = next_run
+    while True:
+        following = _cron_next(schedule, zone, candidate)
+        if candidate <= now:
+            tick = candidate
         if following > now:
             return tick, following
-        tick, following = following, _cron_next(schedule, zone, following)
-    return tick, _cron_next(schedule, zone, now)
+        candidate = following
 
 
 # -- moving jobs between stores ------------------------------------------------
@@ -2006,7 +2056,7 @@ def _check_exported(kind: str, body: dict[str, Any]) -> str | None:
             _cron_next(_parse_cron(body["cron"]), _time_zone(body["tz"]), 0)
         except ValueError as exc:
             return str(exc)
-        checks.update(next_run=seconds(body["next_run"]))
+        checks.update(next_run=seconds(body["next_run"]), interval=body["interval"] == 0)
     else:
         checks.update(interval=seconds(body["interval"]) and 1 <= body["interval"] <= _MAX_DELAY,
                       next_run=seconds(body["next_run"]), tz=body["tz"] is None)
@@ -2321,7 +2371,7 @@ class _StoreCalls:
         (default UTC), under ``key`` (default: its NAME)."""
         cron = None
         if isinstance(interval, str):
-            cron, tz = interval.strip(), "UTC" if tz is None else tz
+            cron, tz = " ".join(interval.lower().split()), "UTC" if tz is None else tz
             _cron_next(_parse_cron(cron), _time_zone(tz), self.clock())  # a bad one stores nothing
             seconds = 0.0
         elif tz is not None:
@@ -2955,7 +3005,7 @@ class SyncStore(_StoreCalls):
             self._conn = _PgConnection(self.path, read_only=read_only, clock=server_clock)
             self.path, self.clock = self._conn.path, server_clock or self.clock
             try:
-                self._run(_open_pg_schema, self.path, synchronous, create)
+                self._run(_open_pg_schema, self.path, synchronous, create, not read_only)
             except BaseException:
                 self._conn.close()
                 raise
@@ -2967,7 +3017,7 @@ class SyncStore(_StoreCalls):
             _create_private_file(self.path)
         self._conn = self._connect(read_only)
         try:
-            self._run(_open_schema, self.path, synchronous, create)
+            self._run(_open_schema, self.path, synchronous, create, not read_only)
         except StoreError:
             self._conn.close()
             if not read_only or os.path.exists(os.path.realpath(self.path) + "-wal"):
@@ -2977,7 +3027,7 @@ class SyncStore(_StoreCalls):
             # alone is the whole truth and may be read as immutable.
             self._conn = self._connect(read_only, immutable=True)
             try:
-                self._run(_open_schema, self.path, synchronous, create)
+                self._run(_open_schema, self.path, synchronous, create, not read_only)
             except BaseException:
                 self._conn.close()
                 raise
@@ -3519,7 +3569,8 @@ class _TupleRows:
         return self._conn.cursor(row_factory=self._tuple_row)
 
 
-def _open_pg_schema(conn: _PgConnection, path: str, synchronous: str, create: bool = True) -> None:
+def _open_pg_schema(conn: _PgConnection, path: str, synchronous: str, create: bool = True,
+                    migrate: bool = True) -> None:
     """The tables, made once under an advisory lock (two hosts starting at
     once would race to make them).  With ``create`` false nothing is written."""
     def tables() -> set[str]:
@@ -3534,7 +3585,9 @@ def _open_pg_schema(conn: _PgConnection, path: str, synchronous: str, create: bo
         if row is None or not str(row[0]).isdigit():
             raise StoreError(f"{path}: litejobs_meta has no valid schema_version (was it edited by hand?)")
         _refuse_newer_schema(path, int(row[0]))
-        if int(row[0]) == _SCHEMA_VERSION or not create:
+        if int(row[0]) < _SCHEMA_VERSION and not migrate:
+            raise _older_schema(path, int(row[0]))
+        if int(row[0]) == _SCHEMA_VERSION:
             return
     elif not create:
         raise StoreError(f"{path}: not a litejobs database (it has no litejobs tables)")
@@ -4541,8 +4594,10 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _percent(fraction: float | None) -> str:
-    return "-" if fraction is None else f"{fraction:.0%}"
+def _percent(fraction: Any) -> str:
+    if fraction is None:
+        return "-"
+    return f"{fraction:.0%}" if isinstance(fraction, (int, float)) else repr(fraction)  # edited by hand
 
 
 def _info_as_json(info: JobInfo) -> dict:

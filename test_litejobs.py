@@ -4877,6 +4877,24 @@ def test_cron_expressions_match_the_minutes_they_name():
     assert _cron_times("0 0 13 * fri", "2026-01-01T00:00:00+00:00", n=3) == [
         "2026-01-02T00:00:00+00:00", "2026-01-09T00:00:00+00:00", "2026-01-13T00:00:00+00:00"]
     assert _cron_times("0 12 * * 7", "2026-01-01T00:00:00+00:00", n=1) == ["2026-01-04T12:00:00+00:00"]
+    # A day field that starts with * is no restriction (Vixie cron): odd days that are Mondays.
+    assert _cron_times("0 0 */2 * 1", "2024-05-01T00:00:00+00:00", n=2) == [
+        "2024-05-13T00:00:00+00:00", "2024-05-27T00:00:00+00:00"]
+    assert _cron_times("  0   3 * * MON ", "2026-01-01T00:00:00+00:00", n=1) == ["2026-01-05T03:00:00+00:00"]
+    for bad, message in [("0 \u0661 * * *", "is not an hour"), ("0 0 31 4 *", "'0 0 31 4 \\*' never matches"),
+                         ("0 \u00b2 * * *", "is not an hour")]:
+        with pytest.raises(ValueError, match=message):
+            _cron_times(bad, "2026-01-01T00:00:00+00:00")
+
+
+def test_catching_up_a_cron_schedule_after_a_long_outage_is_quick_and_takes_the_latest_tick():
+    now = datetime(2024, 6, 1, 0, 0, 30, tzinfo=timezone.utc).timestamp()
+    begun = time.process_time()
+    tick, following = litejobs._cron_ticks("* * * * *", "Europe/Paris", now - 100 * 86_400, now)
+    assert (tick, following) == (now - 30, now + 30)
+    tick, following = litejobs._cron_ticks("0 0 1 * *", "UTC", now - 400 * 86_400, now)
+    assert datetime.fromtimestamp(tick, timezone.utc).isoformat() == "2024-06-01T00:00:00+00:00"
+    assert time.process_time() - begun < 5  # a guard against a walk of months, not a timing claim
 
 
 def test_cron_across_daylight_saving_changes():
@@ -4892,6 +4910,9 @@ def test_cron_across_daylight_saving_changes():
     assert _cron_times("*/30 * * * *", "2026-10-25T00:15:00+00:00", "Europe/Paris", n=5) == [
         "2026-10-25T02:30:00+02:00", "2026-10-25T02:00:00+01:00", "2026-10-25T02:30:00+01:00",
         "2026-10-25T03:00:00+01:00", "2026-10-25T03:30:00+01:00"]
+    # Every minute the clocks skip runs, late, once: 02:00 at 03:00 and 02:30 at 03:30.
+    assert _cron_times("0,30 2 * * *", "2026-03-28T23:00:00+00:00", "Europe/Paris", n=3) == [
+        "2026-03-29T03:00:00+02:00", "2026-03-29T03:30:00+02:00", "2026-03-30T02:00:00+02:00"]
     assert _cron_times("0 9 * * *", "2026-03-07T15:00:00+00:00", "America/New_York", n=2) == [
         "2026-03-08T09:00:00-04:00", "2026-03-09T09:00:00-04:00"]  # New York sprang forward on 8 March
 
@@ -4945,3 +4966,39 @@ def test_missed_cron_ticks_coalesce_into_the_latest(db):
             assert len(await store.jobs(name="report")) == 1
 
     run(main())
+
+
+def test_a_schedule_this_host_cannot_compute_waits_and_every_other_job_goes_on(db, caplog):
+    async def main():
+        async with litejobs.connect(db) as store:
+            await store.every("* * * * *", Report(), key="report", tz="Europe/Paris")
+            # Declared on a host whose zone data knew a zone this one does not.
+            await by_hand(store, "UPDATE litejobs_recurring SET tz = 'Mars/Olympus', next_run = 0")
+            job_id = await store.enqueue(Echo("still runs"))
+            async with litejobs.Worker(store, [Echo], poll_interval=0.01):
+                assert await store.wait(job_id, timeout=15) == "still runs"
+            [(next_run,)] = await by_hand(store, "SELECT next_run FROM litejobs_recurring")
+            assert next_run > store.clock() + 3000  # it tries again in an hour
+        assert "recurring schedule 'report' cannot be computed here" in caplog.text
+
+    run(main())
+
+
+def test_a_file_of_schema_version_2_is_refused_by_inspection_and_brought_up_by_a_change(capsys, sqlite_db):
+    litejobs.connect_sync(sqlite_db).close()
+    conn = sqlite3.connect(sqlite_db)  # what litejobs 0.2.0 made: no pauses, progress or cron
+    for statement in ("DROP TABLE litejobs_queues", "ALTER TABLE litejobs_jobs DROP COLUMN progress",
+                      "ALTER TABLE litejobs_jobs DROP COLUMN progress_note",
+                      "ALTER TABLE litejobs_recurring DROP COLUMN cron", "ALTER TABLE litejobs_recurring DROP COLUMN tz",
+                      "UPDATE litejobs_meta SET value = '2' WHERE key = 'schema_version'"):
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+    for command in (["stats"], ["jobs"], ["schedules"], ["export"]):
+        code, out, err = _cli(capsys, "--db", sqlite_db, *command)
+        assert code == 1 and "schema version 2, older than this litejobs' 3: open it once read-write" in err
+        assert err.count("\n") == 1
+    code, out, _ = _cli(capsys, "--db", sqlite_db, "pause", "default")  # a change: it brings the file up
+    assert code == 0
+    assert _cli(capsys, "--db", sqlite_db, "jobs")[0] == 0
+    assert query(sqlite_db, "SELECT value FROM litejobs_meta WHERE key = 'schema_version'") == [("3",)]
