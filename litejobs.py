@@ -2953,7 +2953,9 @@ class Connecting:
 
 
 def connect(path: str | os.PathLike, **options: Any) -> Connecting:
-    """Open (and create) the job database at ``path``.
+    """Open (and create) the job database at ``path``: an SQLite file, or a
+    ``postgresql://`` URL (with psycopg 3 installed), whose tables go in the
+    connection's schema.
 
     Options: ``synchronous`` ("NORMAL", or "FULL" to survive power loss),
     ``keep_done`` (seconds or timedelta to keep done and cancelled jobs,
@@ -2968,9 +2970,10 @@ def connect(path: str | os.PathLike, **options: Any) -> Connecting:
 
 
 class SyncStore(_StoreCalls):
-    """The store on the stdlib ``sqlite3``, for a Flask view or a cron script.
+    """The store without asyncio (stdlib ``sqlite3``, or psycopg), for a Flask
+    view or a cron script.
 
-    Same file, same schema, same SQL as ``Store``; get one with
+    Same database, same schema, same SQL as ``Store``; get one with
     ``litejobs.connect_sync(path)``.  Workers in other processes see its
     jobs within their poll interval.
     """
@@ -3097,7 +3100,8 @@ class SyncStore(_StoreCalls):
 
 
 def connect_sync(path: str | os.PathLike, **options: Any) -> SyncStore:
-    """Open (and create) the job database at ``path`` without asyncio."""
+    """Open (and create) the job database at ``path`` (a file, or a
+    ``postgresql://`` URL) without asyncio."""
     return SyncStore(path, **options)
 
 
