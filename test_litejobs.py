@@ -4989,7 +4989,8 @@ def test_a_file_of_schema_version_2_is_refused_by_inspection_and_brought_up_by_a
     conn = sqlite3.connect(sqlite_db)  # what litejobs 0.2.0 made: no pauses, progress or cron
     for statement in ("DROP TABLE litejobs_queues", "ALTER TABLE litejobs_jobs DROP COLUMN progress",
                       "ALTER TABLE litejobs_jobs DROP COLUMN progress_note",
-                      "ALTER TABLE litejobs_recurring DROP COLUMN cron", "ALTER TABLE litejobs_recurring DROP COLUMN tz",
+                      "ALTER TABLE litejobs_recurring DROP COLUMN cron",
+                      "ALTER TABLE litejobs_recurring DROP COLUMN tz",
                       "UPDATE litejobs_meta SET value = '2' WHERE key = 'schema_version'"):
         conn.execute(statement)
     conn.commit()
