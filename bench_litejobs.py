@@ -17,7 +17,7 @@ Every database is a durable file in WAL mode with synchronous=NORMAL, the
 litejobs defaults.  Scratch files go in a fresh folder under --dir and are
 removed at the end.  Nothing here asserts anything about time: it only prints.
 
-Groups (for --only): enqueue, drain, e2e, latency, scale, size, claim.
+Groups (for --only): enqueue, drain, e2e, latency, scale, size, claim, progress.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ import orjson
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import litejobs  # noqa: E402  (imported from this script's own folder)
 
-GROUPS = ("enqueue", "drain", "e2e", "latency", "scale", "size", "claim")
+GROUPS = ("enqueue", "drain", "e2e", "latency", "scale", "size", "claim", "progress")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,14 +70,15 @@ class Plan:
     small: int = 10_000  # ... against this one (median of `runs`)
     strangers: int = 200_000  # claim: pending jobs of a name the worker does not know
     claims: int = 200  # claim: enqueue-and-claim round trips timed per run
+    reports: int = 100_000  # progress: calls to progress() in one job
 
 
 FULL = Plan()
 QUICK = Plan(runs=1, one_by_one=300, concurrent=1_000, many=2_000, drain=1_000, e2e_seconds=1.0,
-             pickups=10, idle_seconds=1.0, big=20_000, small=2_000, strangers=20_000, claims=50)
+             pickups=10, idle_seconds=1.0, big=20_000, small=2_000, strangers=20_000, claims=50, reports=10_000)
 # Tiny sizes, for the test suite's check that the script still runs end to end.
 SMOKE = Plan(runs=1, one_by_one=20, concurrent=100, many=100, drain=100, e2e_seconds=0.3,
-             pickups=3, idle_seconds=0.2, big=1_000, small=200, strangers=200, claims=5)
+             pickups=3, idle_seconds=0.2, big=1_000, small=200, strangers=200, claims=5, reports=100)
 
 DRAIN_CONCURRENCIES = (1, 16, 256)
 WORKER_CONCURRENCY = 256  # the worker's concurrency in e2e, two processes and scale
@@ -1083,6 +1084,67 @@ def group_claim(b: Bench) -> None:
 
 
 # --------------------------------------------------------------------------
+# progress: what a report costs the job that makes it
+# --------------------------------------------------------------------------
+
+
+async def _no_report(fraction: float) -> None:
+    return None
+
+
+@dataclasses.dataclass
+class Reporting(litejobs.Job):
+    """Calls progress() ``reports`` times (or, with reports=0, does nothing) and returns the seconds it took."""
+
+    NAME = "bench.reporting"
+    reports: int = 0
+    loops: int = 0
+
+    async def run(self, state: Any) -> float:
+        context = litejobs.current()
+        began = time.perf_counter()
+        if self.reports:
+            for n in range(self.reports):
+                await context.progress(n / self.reports)
+        else:
+            for n in range(self.loops):
+                await _no_report(n / self.loops)  # the same loop and awaits, without the report
+        return time.perf_counter() - began
+
+
+async def lj_progress(path: str, reports: int) -> tuple[float, float]:
+    """Microseconds per progress() call, and the worker's round trips while the job ran."""
+    async with litejobs.connect(path) as store:
+        trips = 0
+        exchange = store.exchange
+
+        async def counted(request: Any) -> Any:
+            nonlocal trips
+            trips += 1
+            return await exchange(request)
+
+        store.exchange = counted  # type: ignore[method-assign]
+        bare = await store.enqueue(Reporting(loops=reports))
+        reporting = await store.enqueue(Reporting(reports=reports))
+        async with litejobs.Worker(store, [Reporting]):
+            baseline = await store.wait(bare, timeout=600)
+            before = trips
+            spent = await store.wait(reporting, timeout=600)
+            return (spent - baseline) / reports * 1e6, trips - before
+
+
+def group_progress(b: Bench, fresh: Callable[[], str] | None = None) -> None:
+    """On a new file, or on what ``fresh()`` makes (a PostgreSQL database)."""
+    p, line = b.plan, b.report.line
+    new = fresh or (lambda: b.path("progress"))
+    b.report.group(f"progress ({p.reports:,} calls to progress() in one job, less the same loop without them)")
+    s = interleave(p.runs, {"lj": lambda: asyncio.run(lj_progress(new(), p.reports))})
+    line("progress.per_call", "one progress() call, in the job", [cost for cost, _ in s["lj"]], "us/job",
+         note=f"(round trips meanwhile: {statistics.median(trips for _, trips in s['lj']):g}, "
+              "housekeeping's own)")
+
+
+# --------------------------------------------------------------------------
 # PostgreSQL (--db postgresql://...): the same figures against a raw psycopg loop
 # --------------------------------------------------------------------------
 # Each run gets a database of its own on the server, made from a template
@@ -1091,7 +1153,7 @@ def group_claim(b: Bench) -> None:
 # FOR UPDATE SKIP LOCKED and one UPDATE completing each batch; an idle raw
 # worker waits for NOTIFY on a connection of its own.
 
-PG_GROUPS = ("enqueue", "drain", "latency")
+PG_GROUPS = ("enqueue", "drain", "latency", "progress")
 PG_RAW_DDL = (
     """CREATE TABLE IF NOT EXISTS jobs (
         id          BIGSERIAL PRIMARY KEY,
@@ -1310,6 +1372,8 @@ def pg_groups(b: Bench, url: str, groups: tuple[str, ...]) -> None:
             line("pg.latency.raw_other", "raw psycopg, LISTEN on its own connection", s["raw"], "ms")
             line("pg.latency.other_process", "pick-up p50, another process (connect_sync)", s["there"], "ms",
                  vs=(("raw psycopg", "pg.latency.raw_other"),))
+        if "progress" in groups:
+            group_progress(b, lambda: dbs.fresh("litejobs"))
     finally:
         dbs.drop_all()
 
