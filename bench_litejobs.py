@@ -603,7 +603,12 @@ def child_raw_drain(gate: Callable, path: str) -> float:
 def raw_drain_two(path: str) -> float:
     with contextlib.closing(sqlite3.connect(path)) as conn:
         n = conn.execute("SELECT count(*) FROM jobs WHERE state = 'pending'").fetchone()[0]
-    children = [Child(child_raw_drain, path) for _ in range(2)]
+    return drain_rate([Child(child_raw_drain, path) for _ in range(2)], n)
+
+
+def drain_rate(children: list[Child], n: int) -> float:
+    """Let raw-loop children drain ``n`` jobs; the rate until the last ends
+    (each returns the time.time() at which it found nothing left)."""
     for child in children:
         child.wait_ready()
     start = time.time()
@@ -1283,13 +1288,7 @@ def child_pg_raw_drain(gate: Callable, url: str) -> float:
 def pg_raw_drain_processes(url: str, processes: int) -> float:
     with pg_connect(url) as conn:
         n = conn.execute("SELECT count(*) FROM jobs WHERE state = 'pending'").fetchone()[0]
-    children = [Child(child_pg_raw_drain, url) for _ in range(processes)]
-    for child in children:
-        child.wait_ready()
-    start = time.time()
-    for child in children:
-        child.go()
-    return n / (max(child.result() for child in children) - start)
+    return drain_rate([Child(child_pg_raw_drain, url) for _ in range(processes)], n)
 
 
 def child_pg_enqueue_stamped(gate: Callable, url: str, samples: int, ack: Any, seed: int) -> None:

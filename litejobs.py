@@ -175,6 +175,26 @@ _JOB_CHECKS = {
     "timeout_ms": ("typeof(timeout_ms) = 'integer' AND timeout_ms > 0", "1000"),
 }
 
+# The job indexes both stores make with the same words.
+_JOB_INDEXES = [
+    # Finds when the next job scheduled for later falls due, so that an idle
+    # worker can sleep exactly until then.  Only jobs due after their
+    # creation (delayed, scheduled, retried) are in it: an enqueue due at
+    # once, the common case, writes no page of this index.
+    """CREATE INDEX IF NOT EXISTS litejobs_jobs_scheduled
+        ON litejobs_jobs (run_at) WHERE state = 'pending' AND run_at > created_at""",
+    """CREATE INDEX IF NOT EXISTS litejobs_jobs_deadline
+        ON litejobs_jobs (deadline) WHERE state = 'running'""",
+    """CREATE INDEX IF NOT EXISTS litejobs_jobs_cancel
+        ON litejobs_jobs (id) WHERE state = 'running' AND cancel_requested = 1""",
+    # Retention and purge find old finished rows without a scan.
+    """CREATE INDEX IF NOT EXISTS litejobs_jobs_finished
+        ON litejobs_jobs (finished_at) WHERE state IN ('done', 'dead', 'cancelled')""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS litejobs_jobs_unique_key
+        ON litejobs_jobs (unique_key)
+        WHERE unique_key IS NOT NULL AND state IN ('pending', 'running')""",
+]
+
 _DDL = [
     """CREATE TABLE IF NOT EXISTS litejobs_meta (
         key   TEXT PRIMARY KEY,
@@ -217,22 +237,7 @@ _DDL = [
     # pending jobs of names a worker does not know are never walked past.
     """CREATE INDEX IF NOT EXISTS litejobs_jobs_claim_by_name
         ON litejobs_jobs (queue, name, priority DESC, run_at) WHERE state = 'pending'""",
-    # Finds when the next job scheduled for later falls due, so that an idle
-    # worker can sleep exactly until then.  Only jobs due after their
-    # creation (delayed, scheduled, retried) are in it: an enqueue due at
-    # once, the common case, writes no page of this index.
-    """CREATE INDEX IF NOT EXISTS litejobs_jobs_scheduled
-        ON litejobs_jobs (run_at) WHERE state = 'pending' AND run_at > created_at""",
-    """CREATE INDEX IF NOT EXISTS litejobs_jobs_deadline
-        ON litejobs_jobs (deadline) WHERE state = 'running'""",
-    """CREATE INDEX IF NOT EXISTS litejobs_jobs_cancel
-        ON litejobs_jobs (id) WHERE state = 'running' AND cancel_requested = 1""",
-    # Retention and purge find old finished rows without a scan.
-    """CREATE INDEX IF NOT EXISTS litejobs_jobs_finished
-        ON litejobs_jobs (finished_at) WHERE state IN ('done', 'dead', 'cancelled')""",
-    """CREATE UNIQUE INDEX IF NOT EXISTS litejobs_jobs_unique_key
-        ON litejobs_jobs (unique_key)
-        WHERE unique_key IS NOT NULL AND state IN ('pending', 'running')""",
+    *_JOB_INDEXES,
     # Done and dead counts per queue and hour: kept apart from the rows so
     # that the statistics stay right after retention deletes them.
     """CREATE TABLE IF NOT EXISTS litejobs_counts (
@@ -3164,17 +3169,7 @@ _PG_DDL = [
     # only the rows it takes (see _PG_CLAIM).
     """CREATE INDEX IF NOT EXISTS litejobs_jobs_claim_by_name
         ON litejobs_jobs (queue, name, priority DESC, run_at, id) WHERE state = 'pending'""",
-    """CREATE INDEX IF NOT EXISTS litejobs_jobs_scheduled
-        ON litejobs_jobs (run_at) WHERE state = 'pending' AND run_at > created_at""",
-    """CREATE INDEX IF NOT EXISTS litejobs_jobs_deadline
-        ON litejobs_jobs (deadline) WHERE state = 'running'""",
-    """CREATE INDEX IF NOT EXISTS litejobs_jobs_cancel
-        ON litejobs_jobs (id) WHERE state = 'running' AND cancel_requested = 1""",
-    """CREATE INDEX IF NOT EXISTS litejobs_jobs_finished
-        ON litejobs_jobs (finished_at) WHERE state IN ('done', 'dead', 'cancelled')""",
-    """CREATE UNIQUE INDEX IF NOT EXISTS litejobs_jobs_unique_key
-        ON litejobs_jobs (unique_key)
-        WHERE unique_key IS NOT NULL AND state IN ('pending', 'running')""",
+    *_JOB_INDEXES,
     """CREATE TABLE IF NOT EXISTS litejobs_counts (
         queue TEXT NOT NULL,
         state TEXT NOT NULL,
