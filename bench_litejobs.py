@@ -17,7 +17,7 @@ Every database is a durable file in WAL mode with synchronous=NORMAL, the
 litejobs defaults.  Scratch files go in a fresh folder under --dir and are
 removed at the end.  Nothing here asserts anything about time: it only prints.
 
-Groups (for --only): enqueue, drain, e2e, latency, scale, size, claim, progress.
+Groups (for --only): enqueue, drain, e2e, latency, scale, size, claim, progress, limits.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ import orjson
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import litejobs  # noqa: E402  (imported from this script's own folder)
 
-GROUPS = ("enqueue", "drain", "e2e", "latency", "scale", "size", "claim", "progress")
+GROUPS = ("enqueue", "drain", "e2e", "latency", "scale", "size", "claim", "progress", "limits")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +81,9 @@ SMOKE = Plan(runs=1, one_by_one=20, concurrent=100, many=100, drain=100, e2e_sec
              pickups=3, idle_seconds=0.2, big=1_000, small=200, strangers=200, claims=5, reports=100)
 
 DRAIN_CONCURRENCIES = (1, 16, 256)
+# limits: half the jobs drained carry one of LIMITED_KEYS concurrency keys,
+# each allowed LIMIT_PER_KEY at once (64 at most in all, of 256 slots).
+LIMITED_KEYS, LIMIT_PER_KEY = 16, 4
 WORKER_CONCURRENCY = 256  # the worker's concurrency in e2e, two processes and scale
 POLL_INTERVAL = inspect.signature(litejobs.Worker).parameters["poll_interval"].default
 # Pick-up latency: each job is enqueued this long (uniform, seconds) after the
@@ -115,6 +118,21 @@ class Starts:
 class Noop(litejobs.Job):
     NAME = "bench.noop"
     n: int = 0
+
+    async def run(self, state: Any) -> None:
+        return None
+
+
+@dataclasses.dataclass
+class Limited(litejobs.Job):
+    """A no-op whose key (one of LIMITED_KEYS) runs LIMIT_PER_KEY at once, across workers."""
+
+    NAME = "bench.limited"
+    CONCURRENCY_LIMIT = LIMIT_PER_KEY
+    n: int = 0
+
+    def concurrency_key(self) -> str:
+        return f"key{self.n % LIMITED_KEYS}"
 
     async def run(self, state: Any) -> None:
         return None
@@ -290,7 +308,7 @@ class Tally:
 @contextlib.asynccontextmanager
 async def running(store: litejobs.Store, concurrency: int):
     """A worker serving in the background; stopped (outcomes flushed) on the way out."""
-    worker = litejobs.Worker(store, [Noop, Stamped], concurrency=concurrency)
+    worker = litejobs.Worker(store, [Noop, Stamped, Limited], concurrency=concurrency)
     task = asyncio.create_task(worker.run(handle_signals=False))
     try:
         yield task
@@ -310,10 +328,12 @@ async def until(event: asyncio.Event, worker: asyncio.Task, timeout: float = 180
         raise RuntimeError("the worker stopped, or timed out, before the jobs were done")
 
 
-async def lj_fill(path: str, n: int) -> None:
+async def lj_fill(path: str, n: int, limited: bool = False) -> None:
+    """``n`` pending no-op jobs; with ``limited``, every other one a Limited."""
     async with litejobs.connect(path) as store:
         for start in range(0, n, 10_000):
-            await store.enqueue_many([Noop(i) for i in range(start, min(n, start + 10_000))])
+            await store.enqueue_many([Limited(i) if limited and i % 2 else Noop(i)
+                                      for i in range(start, min(n, start + 10_000))])
 
 
 # --------------------------------------------------------------------------
@@ -450,8 +470,8 @@ class Bench:
         key = (kind, n)
         if key not in self._templates:
             template = self._templates[key] = self.path(f"template-{kind}-{n}")
-            if kind == "litejobs":
-                asyncio.run(lj_fill(template, n))
+            if kind.startswith("litejobs"):
+                asyncio.run(lj_fill(template, n, limited=kind == "litejobs-limited"))
             else:
                 raw_fill(template, n)
         path = self.path(f"{kind}-{n}")
@@ -683,6 +703,28 @@ def group_drain(b: Bench) -> None:
     for c in DRAIN_CONCURRENCIES:
         line(f"drain.cpu_c{c}", f"CPU per job, drain c={c}", cpu[f"c{c}"], "us/job",
              vs=(("raw sqlite3", "drain.cpu_raw_sqlite3"), ("raw aiosqlite", "drain.cpu_raw_aiosqlite")))
+
+
+def group_limits(b: Bench, pending: Callable[[str, int], str] | None = None,
+                 raw: tuple[str, Callable[[str], float]] | None = None) -> None:
+    """On copies of a file, or of what ``pending`` makes (PostgreSQL
+    databases, with ``raw`` its raw loop)."""
+    p, line = b.plan, b.report.line
+    n, pending = p.drain, pending or b.pending
+    raw_name, raw_drain_on = raw or ("raw sqlite3", raw_drain)
+    b.report.group(f"limits ({n:,} pending no-op jobs drained at c={WORKER_CONCURRENCY}; half of them with a "
+                   f"concurrency limit: {LIMITED_KEYS} keys, {LIMIT_PER_KEY} at once each)")
+    s = interleave(p.runs, {
+        "raw": lambda: raw_drain_on(pending("raw", n)),
+        "none": lambda: asyncio.run(lj_drain(pending("litejobs", n), n, WORKER_CONCURRENCY)),
+        "half": lambda: asyncio.run(lj_drain(pending("litejobs-limited", n), n, WORKER_CONCURRENCY)),
+    })
+    prefix = "limits" if raw is None else "pg.limits"
+    raw_vs = (raw_name, f"{prefix}.raw")
+    line(f"{prefix}.raw", f"{raw_name} batch loop, no limits", s["raw"], "jobs/s")
+    line(f"{prefix}.none", "drain, no limits", s["none"], "jobs/s", vs=(raw_vs,))
+    line(f"{prefix}.half", "drain, a concurrency limit on half the jobs", s["half"], "jobs/s",
+         vs=(("no limits", f"{prefix}.none"), raw_vs))
 
 
 def with_cpu(fn: Callable[[], float]) -> Callable[[], tuple[float, float]]:
@@ -1158,7 +1200,7 @@ def group_progress(b: Bench, fresh: Callable[[], str] | None = None) -> None:
 # FOR UPDATE SKIP LOCKED and one UPDATE completing each batch; an idle raw
 # worker waits for NOTIFY on a connection of its own.
 
-PG_GROUPS = ("enqueue", "drain", "latency", "progress")
+PG_GROUPS = ("enqueue", "drain", "latency", "progress", "limits")
 PG_RAW_DDL = (
     """CREATE TABLE IF NOT EXISTS jobs (
         id          BIGSERIAL PRIMARY KEY,
@@ -1226,7 +1268,7 @@ class PgDatabases:
                 with pg_connect(url) as conn, conn.transaction():
                     conn.cursor().executemany(PG_RAW_INSERT, [raw_row({"n": i}) for i in range(n)])
             else:
-                asyncio.run(lj_fill(url, n))
+                asyncio.run(lj_fill(url, n, limited=kind == "litejobs-limited"))
             with pg_connect(url) as conn:
                 conn.execute("VACUUM ANALYZE")
             self.templates[kind, n] = url.rsplit("/", 1)[1]
@@ -1373,6 +1415,8 @@ def pg_groups(b: Bench, url: str, groups: tuple[str, ...]) -> None:
                  vs=(("raw psycopg", "pg.latency.raw_other"),))
         if "progress" in groups:
             group_progress(b, lambda: dbs.fresh("litejobs"))
+        if "limits" in groups:
+            group_limits(b, dbs.pending, ("raw psycopg", pg_raw_drain))
     finally:
         dbs.drop_all()
 

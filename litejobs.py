@@ -117,7 +117,7 @@ _SQLITE_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 # Bumped whenever the tables change; a file of a newer version is refused
 # rather than half-understood, and an older one is brought up to date by the
 # steps in _MIGRATIONS (run before _DDL, in the same transaction).
-_SCHEMA_VERSION = 3
+_SCHEMA_VERSION = 4
 
 # How long one statement waits for another connection's write lock before
 # SQLite reports "database is locked"; _with_retries then tries again, so
@@ -173,6 +173,10 @@ _JOB_CHECKS = {
     "backoff": ("backoff IN ('linear', 'exponential')", "'linear'"),
     "backoff_value": ("typeof(backoff_value) = 'real' AND backoff_value >= 0", "0.0"),
     "timeout_ms": ("typeof(timeout_ms) = 'integer' AND timeout_ms > 0", "1000"),
+    # Checked on its column, not the table: a column that a migration adds
+    # comes with its check that way, and new and migrated files must agree.
+    "concurrency_limit": ("concurrency_limit IS NULL OR (typeof(concurrency_limit) = 'integer' "
+                          "AND concurrency_limit >= 1)", "1"),
 }
 
 # The job indexes both stores make with the same words.
@@ -193,6 +197,14 @@ _JOB_INDEXES = [
     """CREATE UNIQUE INDEX IF NOT EXISTS litejobs_jobs_unique_key
         ON litejobs_jobs (unique_key)
         WHERE unique_key IS NOT NULL AND state IN ('pending', 'running')""",
+    # Concurrency limits: the claim counts a key's running jobs here, and a
+    # release finds the best of the jobs parked for want of a free slot.
+    """CREATE INDEX IF NOT EXISTS litejobs_jobs_running_key
+        ON litejobs_jobs (concurrency_key) WHERE state = 'running' AND concurrency_key IS NOT NULL""",
+    """CREATE INDEX IF NOT EXISTS litejobs_jobs_parked
+        ON litejobs_jobs (concurrency_key, priority DESC, run_at, id) WHERE state = 'pending' AND parked = 1""",
+    # Rate limits: when each of the latest attempts of a job name started.
+    """CREATE INDEX IF NOT EXISTS litejobs_starts_by_name ON litejobs_starts (name, started_at)""",
 ]
 
 _DDL = [
@@ -230,13 +242,22 @@ _DDL = [
         result           TEXT,
         progress         REAL,
         progress_note    TEXT,
-        """ + ",\n        ".join(f"CHECK ({check})" for check, _ in _JOB_CHECKS.values()) + """
+        concurrency_key  TEXT,
+        concurrency_limit INTEGER CHECK (""" + _JOB_CHECKS["concurrency_limit"][0] + """),
+        parked           INTEGER NOT NULL DEFAULT 0,
+        """ + ",\n        ".join(f"CHECK ({check})" for column, (check, _) in _JOB_CHECKS.items()
+                                 if column != "concurrency_limit") + """
     )""",
     # The claim walks this index in exactly its ORDER BY, one job name at a
     # time (the rowid, which is the id, is the index's hidden last column):
-    # pending jobs of names a worker does not know are never walked past.
-    """CREATE INDEX IF NOT EXISTS litejobs_jobs_claim_by_name
-        ON litejobs_jobs (queue, name, priority DESC, run_at) WHERE state = 'pending'""",
+    # pending jobs of names a worker does not know are never walked past,
+    # nor are jobs parked until their concurrency key has a free slot.
+    """CREATE INDEX IF NOT EXISTS litejobs_jobs_claimable
+        ON litejobs_jobs (queue, name, priority DESC, run_at) WHERE state = 'pending' AND parked = 0""",
+    """CREATE TABLE IF NOT EXISTS litejobs_starts (
+        name       TEXT NOT NULL,
+        started_at REAL NOT NULL
+    )""",
     *_JOB_INDEXES,
     # Done and dead counts per queue and hour: kept apart from the rows so
     # that the statistics stay right after retention deletes them.
@@ -263,7 +284,9 @@ _DDL = [
         timeout_ms    INTEGER NOT NULL,
         last_id       INTEGER,
         cron          TEXT,
-        tz            TEXT
+        tz            TEXT,
+        concurrency_key   TEXT,
+        concurrency_limit INTEGER
     )""",
     # Running workers and the job names they know, so that the statistics
     # can tell pending jobs that no worker will ever claim.
@@ -304,6 +327,18 @@ _MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE litejobs_recurring ADD COLUMN cron TEXT",
         "ALTER TABLE litejobs_recurring ADD COLUMN tz TEXT",
     ],
+    # Version 4: concurrency limits (a key per job, and jobs parked until
+    # their key has a free slot, out of the claim's index) and rate limits
+    # (litejobs_starts, made by _DDL).
+    4: [
+        "ALTER TABLE litejobs_jobs ADD COLUMN concurrency_key TEXT",
+        f"ALTER TABLE litejobs_jobs ADD COLUMN concurrency_limit INTEGER "
+        f"CHECK ({_JOB_CHECKS['concurrency_limit'][0]})",
+        "ALTER TABLE litejobs_jobs ADD COLUMN parked INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE litejobs_recurring ADD COLUMN concurrency_key TEXT",
+        "ALTER TABLE litejobs_recurring ADD COLUMN concurrency_limit INTEGER",
+        "DROP INDEX IF EXISTS litejobs_jobs_claim_by_name",
+    ],
 }
 
 _JOB_COLUMNS = (
@@ -313,9 +348,9 @@ _JOB_COLUMNS = (
 )
 
 _SQL_INSERT_JOB = """
-    INSERT INTO litejobs_jobs (name, queue, payload, priority, run_at, max_retries,
-                               backoff, backoff_value, timeout_ms, unique_key, created_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+    INSERT INTO litejobs_jobs (name, queue, payload, priority, run_at, max_retries, backoff, backoff_value,
+                               timeout_ms, unique_key, created_at, concurrency_key, concurrency_limit)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
 _SQL_FIND_UNIQUE = """
     SELECT id FROM litejobs_jobs
@@ -334,42 +369,79 @@ _NOT_PAUSED = "NOT EXISTS (SELECT 1 FROM litejobs_queues WHERE queue = ?2 AND pa
 _MAX_NAMES_PER_CLAIM = 64
 
 
+# Which of the jobs a claim chose may start now, and which must wait for a
+# free slot of their concurrency key: the key's running jobs and those
+# before it in this claim (ranked as the claim orders them) must leave room
+# under its limit.  Both stores claim through it; ``chosen`` is the claim's
+# choice, with each job's key and limit.
+_CLAIM_VERDICTS = """
+    SELECT id, CASE WHEN concurrency_key IS NULL THEN 1 = 1
+                    ELSE (SELECT count(*) FROM litejobs_jobs AS r
+                           WHERE r.state = 'running' AND r.concurrency_key = chosen.concurrency_key)
+                         + row_number() OVER (PARTITION BY concurrency_key ORDER BY priority DESC, run_at, id)
+                         <= concurrency_limit END AS fits
+      FROM chosen"""
+
+# What a claimed job's row becomes.  A job that does not fit is parked
+# instead: it stays pending, but leaves the claim's index until a job of its
+# key ends (_SQL_RELEASE), so that no claim walks past it again meanwhile.
+_CLAIM_SETS = f"""
+    state = CASE WHEN fits THEN 'running' ELSE 'pending' END,
+    parked = CASE WHEN fits THEN 0 ELSE 1 END,
+    attempts = attempts + CASE WHEN fits THEN 1 ELSE 0 END,
+    lease = lease + CASE WHEN fits THEN 1 ELSE 0 END,
+    progress = CASE WHEN fits THEN NULL ELSE progress END,
+    progress_note = CASE WHEN fits THEN NULL ELSE progress_note END,
+    started_at = CASE WHEN fits THEN :now ELSE started_at END,
+    deadline = CASE WHEN fits THEN :now + timeout_ms / 1000.0 + {_WATCHDOG_GRACE} ELSE deadline END"""
+
+# What a claim returns of each row it chose: _Claimed's columns, then
+# whether it was parked rather than claimed.
+def _claim_returns(table: str, payload: str) -> str:
+    columns = ("id", "name", "queue", payload, "attempts", "lease", "max_retries", "backoff", "backoff_value",
+               "timeout_ms", "priority", "run_at", "concurrency_key", "parked")
+    return ", ".join(column if column == payload else f"{table}.{column}" for column in columns)
+
+
 @functools.cache
-def _sql_claim(name_count: int) -> str:
-    """The claim: one statement picks and takes up to N due jobs of a queue.
+def _sql_claim(plain: int, capped: int) -> str:
+    """The claim: one statement picks and takes up to ?3 due jobs of a queue.
 
     Two workers can never take the same row, because the choice and the
     write happen in one statement under SQLite's single write lock.  Every
     claim bumps ``lease``, the fencing token an outcome must present.
 
-    Each job name's best N come from the claim index; only those (at most
-    names x N rows) are sorted together, so the cost does not grow with the
-    pending jobs of other names.  Placeholders are generated from a count,
-    never from the names.
+    Each job name's best ?3 come from the claim index; only those (at most
+    names x ?3 rows) are sorted together, so the cost does not grow with the
+    pending jobs of other names.  The ``plain`` names come first in the
+    parameters, then the ``capped`` ones (rate-limited: each takes at most
+    its cap, given after the names).  Placeholders are generated from the
+    counts, never from the names.
     """
-    if name_count == 1:
-        choose = """SELECT id FROM litejobs_jobs
-                     WHERE state = 'pending' AND queue = ?2 AND name = ?4 AND run_at <= ?1
-                     ORDER BY priority DESC, run_at, id LIMIT ?3"""
-    elif name_count > _MAX_NAMES_PER_CLAIM:  # past SQLite's limit on UNION terms
-        names = ", ".join(f"?{n}" for n in range(4, 4 + name_count))
-        choose = f"""SELECT id FROM litejobs_jobs
-                      WHERE state = 'pending' AND queue = ?2 AND name IN ({names}) AND run_at <= ?1
-                      ORDER BY priority DESC, run_at, id LIMIT ?3"""
+    def arm(name_test: str, limit: str) -> str:
+        return f"""SELECT id, priority, run_at, concurrency_key, concurrency_limit FROM litejobs_jobs
+                    WHERE state = 'pending' AND parked = 0 AND queue = :queue AND {name_test} AND run_at <= :now
+                    ORDER BY priority DESC, run_at, id LIMIT {limit}"""
+
+    first_capped = 4 + plain
+    if plain > _MAX_NAMES_PER_CLAIM:  # past SQLite's limit on UNION terms
+        arms = [arm(f"name IN ({', '.join(f'?{n}' for n in range(4, first_capped))})", ":limit")]
     else:
-        per_name = "\n UNION ALL ".join(
-            f"""SELECT * FROM (SELECT id, priority, run_at FROM litejobs_jobs
-                                WHERE state = 'pending' AND queue = ?2 AND name = ?{n} AND run_at <= ?1
-                                ORDER BY priority DESC, run_at, id LIMIT ?3)"""
-            for n in range(4, 4 + name_count))
-        choose = f"SELECT id FROM ({per_name}) ORDER BY priority DESC, run_at, id LIMIT ?3"
-    return f"""
-        UPDATE litejobs_jobs
-           SET state = 'running', attempts = attempts + 1, lease = lease + 1, progress = NULL,
-               progress_note = NULL, started_at = ?1, deadline = ?1 + timeout_ms / 1000.0 + {_WATCHDOG_GRACE}
-         WHERE id IN ({choose}) AND {_NOT_PAUSED}
-        RETURNING id, name, queue, CAST(payload AS BLOB), attempts, lease, max_retries,
-                  backoff, backoff_value, timeout_ms, priority, run_at"""
+        arms = [arm(f"name = ?{n}", ":limit") for n in range(4, first_capped)]
+    arms += [arm(f"name = ?{n}", f"?{n + capped}") for n in range(first_capped, first_capped + capped)]
+    if len(arms) == 1:
+        choose = arms[0]
+    else:
+        choose = "SELECT * FROM (" + ")\n UNION ALL SELECT * FROM (".join(arms) + ")"
+        choose = f"SELECT * FROM ({choose}) ORDER BY priority DESC, run_at, id LIMIT :limit"
+    sql = f"""
+        WITH chosen AS ({choose}), verdicts AS ({_CLAIM_VERDICTS})
+        UPDATE litejobs_jobs SET {_CLAIM_SETS}
+          FROM verdicts
+         WHERE litejobs_jobs.id = verdicts.id AND {_NOT_PAUSED}
+        RETURNING {_claim_returns("litejobs_jobs", "CAST(payload AS BLOB)")}"""
+    # Numbered parameters throughout: ?1 the time, ?2 the queue, ?3 the limit.
+    return sql.replace(":now", "?1").replace(":queue", "?2").replace(":limit", "?3")
 
 
 # Records a whole batch of outcomes in one statement, the batch passed as one
@@ -406,7 +478,7 @@ _SQL_EXPIRED = "SELECT id, lease, deadline FROM litejobs_jobs WHERE state = 'run
 
 _SQL_REAPABLE = """
     SELECT id, name, queue, CAST(payload AS BLOB), attempts, lease, max_retries, backoff, backoff_value, timeout_ms,
-           priority, run_at
+           priority, run_at, concurrency_key
       FROM litejobs_jobs
      WHERE id = ? AND lease = ? AND deadline = ? AND state = 'running' AND deadline <= ?"""
 
@@ -463,13 +535,52 @@ _SQL_COMPACT_COUNTS = """
 
 _SQL_RECURRING_DUE = """
     SELECT key, interval, next_run, name, queue, payload, priority, max_retries,
-           backoff, backoff_value, timeout_ms, last_id, cron, tz
+           backoff, backoff_value, timeout_ms, last_id, cron, tz, concurrency_key, concurrency_limit
       FROM litejobs_recurring WHERE next_run <= ?"""
 
 _SQL_ANY_RECURRING_DUE = "SELECT 1 FROM litejobs_recurring WHERE next_run <= ? LIMIT 1"
 
 # The last tick's job has not started yet: a new tick would only wait beside it.
 _SQL_NOT_STARTED = "SELECT 1 FROM litejobs_jobs WHERE id = ? AND state = 'pending' AND attempts = 0"
+
+# A job of concurrency key ?1 ended (or a waiting one was cancelled): as
+# many of the key's parked jobs as it has free slots go back to the claim's
+# index, best first.  A released job that then finds its key full again
+# (another claim was quicker) is parked again, behind a running job whose
+# end releases it in turn.  {greatest} is max or greatest, as the store says.
+_SQL_RELEASE = """
+    UPDATE litejobs_jobs SET parked = 0 WHERE id IN (
+        SELECT id FROM litejobs_jobs
+         WHERE state = 'pending' AND parked = 1 AND concurrency_key = ?1
+         ORDER BY priority DESC, run_at, id
+         LIMIT {greatest}(0, coalesce(
+            (SELECT concurrency_limit FROM litejobs_jobs
+              WHERE state = 'pending' AND parked = 1 AND concurrency_key = ?1
+              ORDER BY priority DESC, run_at, id LIMIT 1)
+            - (SELECT count(*) FROM litejobs_jobs WHERE state = 'running' AND concurrency_key = ?1), 0)))"""
+
+_SQL_ANY_PARKED = "SELECT 1 FROM litejobs_jobs WHERE state = 'pending' AND parked = 1 LIMIT 1"
+
+# The safety net under _SQL_RELEASE, run with housekeeping while any job is
+# parked: keys with parked jobs and none running (their last running job
+# ended some way that released nothing, such as a hand edit).  The keys are
+# walked in the parked index, one step per key, never row by row.
+_SQL_STRANDED_KEYS = """
+    WITH RECURSIVE parked_keys(k) AS (
+        SELECT min(concurrency_key) FROM litejobs_jobs WHERE state = 'pending' AND parked = 1
+        UNION ALL
+        SELECT (SELECT min(concurrency_key) FROM litejobs_jobs
+                 WHERE state = 'pending' AND parked = 1 AND concurrency_key > parked_keys.k)
+          FROM parked_keys WHERE k IS NOT NULL)
+    SELECT k FROM parked_keys
+     WHERE k IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM litejobs_jobs WHERE state = 'running' AND concurrency_key = parked_keys.k)"""
+
+# Rate limits: the starts of a rate-limited name still inside its window,
+# latest first, after the older ones are forgotten.
+_SQL_FORGET_STARTS = "DELETE FROM litejobs_starts WHERE name = ? AND started_at <= ?"
+_SQL_RECENT_STARTS = "SELECT started_at FROM litejobs_starts WHERE name = ? ORDER BY started_at DESC LIMIT ?"
+_SQL_RECORD_START = "INSERT INTO litejobs_starts (name, started_at) VALUES (?, ?)"
 
 
 # --------------------------------------------------------------------------
@@ -704,6 +815,22 @@ def _check_job_constants(cls: type[Job]) -> None:
     if not _is_timeout(timeout):
         raise JobDefinitionError(f"{where}: TIMEOUT must be a positive int of milliseconds, "
                                  f"at most {_MAX_TIMEOUT_MS} (a century), got {timeout!r}")
+    limit, key = cls.CONCURRENCY_LIMIT, cls.CONCURRENCY_KEY
+    if limit is not None and not (type(limit) is int and 1 <= limit <= _MAX_COUNT):
+        raise JobDefinitionError(f"{where}: CONCURRENCY_LIMIT must be a positive int, or None, got {limit!r}")
+    if key is not None and (not isinstance(key, str) or not key or not _is_storable(key)):
+        raise JobDefinitionError(f"{where}: CONCURRENCY_KEY must be a non-empty str a database can store, "
+                                 f"or None, got {key!r}")
+    if limit is None and (key is not None or "concurrency_key" in cls.__dict__):
+        raise JobDefinitionError(f"{where}: a concurrency key needs CONCURRENCY_LIMIT = n, the number of "
+                                 "jobs with one key that may run at once")
+    rate = cls.RATE_LIMIT
+    if rate is not None and not (isinstance(rate, tuple) and len(rate) == 2
+                                 and type(rate[0]) is int and 1 <= rate[0] <= _MAX_COUNT
+                                 and type(rate[1]) in (int, float) and _is_finite(rate[1])
+                                 and 0 < rate[1] <= _MAX_DELAY):
+        raise JobDefinitionError(f"{where}: RATE_LIMIT must be (n, seconds): at most n starts in any "
+                                 f"window of that many seconds, both positive; got {rate!r}")
 
 
 class Job:
@@ -720,6 +847,10 @@ class Job:
     MAX_RETRIES: ClassVar[MaxRetries] = Count(5)
     BACKOFF: ClassVar[Backoff] = Exponential(2)
     TIMEOUT: ClassVar[int] = 15_000
+    # Limits across every worker and host (see concurrency_key()).
+    CONCURRENCY_LIMIT: ClassVar[int | None] = None
+    CONCURRENCY_KEY: ClassVar[str | None] = None
+    RATE_LIMIT: ClassVar[tuple[int, float] | None] = None  # (n, seconds): at most n starts of NAME in any window
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -741,6 +872,14 @@ class Job:
     def timeout(self) -> int:
         """Milliseconds one attempt may run."""
         return self.TIMEOUT
+
+    def concurrency_key(self) -> str | None:
+        """The key whose jobs may run at most CONCURRENCY_LIMIT at once, or
+        None for no limit: CONCURRENCY_KEY, else NAME when the class sets a
+        limit.  Override it to limit per value (a user, a tenant, a host)."""
+        if self.CONCURRENCY_LIMIT is None:
+            return None
+        return self.NAME if self.CONCURRENCY_KEY is None else self.CONCURRENCY_KEY
 
     def span(self) -> Any:
         """A context manager (sync or async) entered around ``run``, or None."""
@@ -944,12 +1083,14 @@ class NewJob:
     unique_key: str | None = None
     run_at: float | None = None
     delay: float = 0.0
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None  # set exactly when concurrency_key is
 
     def _row(self, now: float) -> tuple:
         due = self.run_at if self.run_at is not None else now + self.delay
         return (self.name, self.queue, self.payload, self.priority, due,
                 self.max_retries.as_column(), self.backoff.kind, self.backoff.value,
-                self.timeout, self.unique_key, now)
+                self.timeout, self.unique_key, now, self.concurrency_key, self.concurrency_limit)
 
 
 def new_job(
@@ -999,6 +1140,12 @@ def new_job(
         if not _is_timeout(timeout):
             raise JobDefinitionError(f"{where}: timeout() returned {timeout!r}, not a positive int of "
                                      f"milliseconds up to {_MAX_TIMEOUT_MS} (a century)")
+    key = None
+    if cls.CONCURRENCY_LIMIT is not None:
+        key = job.concurrency_key()
+        if key is not None and (not isinstance(key, str) or not key or not _is_storable(key)):
+            raise JobDefinitionError(f"{where}: concurrency_key() returned {key!r}, not None or a non-empty "
+                                     "str a database can store")
     return NewJob(
         name=cls.NAME,
         queue=queue,
@@ -1010,6 +1157,8 @@ def new_job(
         unique_key=unique_key,
         run_at=None if run_at is None else _due_epoch(run_at, where),
         delay=0.0 if delay is None else _delay_seconds(delay, f"{where}: delay"),
+        concurrency_key=key,
+        concurrency_limit=None if key is None else cls.CONCURRENCY_LIMIT,
     )
 
 
@@ -1229,6 +1378,7 @@ class _Outcome:
     result: str | None = None
     uncount: int = 0  # 1 when a graceful stop hands the attempt back unspent
     duration: float | None = None
+    concurrency_key: str | None = None  # its end frees a slot of this key
 
     def __post_init__(self) -> None:
         if self.error is not None:
@@ -1258,9 +1408,11 @@ class _Claimed(NamedTuple):
     timeout_ms: int
     priority: int
     run_at: float
+    concurrency_key: str | None
 
     def outcome(self, state: str, event: str, **fields: Any) -> _Outcome:
-        return _Outcome(self.id, self.lease, state, event, self.name, self.queue, self.attempts, **fields)
+        return _Outcome(self.id, self.lease, state, event, self.name, self.queue, self.attempts,
+                        concurrency_key=self.concurrency_key, **fields)
 
 
 def _failure_outcome(job: _Claimed, error: str, event: str, requested_delay: float | None = None,
@@ -1292,6 +1444,8 @@ class _Request:
     outcomes: Sequence[_Outcome] = ()
     wants: dict[str, int] = dataclasses.field(default_factory=dict)  # queue -> free slots
     names: Sequence[str] = ()  # the job names the worker can run
+    rates: dict[str, tuple[int, float]] = dataclasses.field(default_factory=dict)  # name -> RATE_LIMIT
+    limited: bool = False  # some of the names have limits: on PostgreSQL, claim under the limits lock
     housekeeping: bool = False  # look for expired attempts, recurring ticks and retention this time
     reap: Sequence[_Expiry] = ()  # expired attempts to fail, if they are still exactly so
     renew: Sequence[tuple[int, int, float]] = ()  # (id, lease, seconds left): deadlines to re-express
@@ -1303,12 +1457,15 @@ class _Request:
     # a worker whose wait for the answer was cancelled still learns what it claimed.
     answer: _Exchange | None = None
 
+    # What the worker is, as against what it asks: these alone ask for nothing.
+    TOLD: ClassVar[tuple[str, ...]] = ("names", "rates", "limited", "answer")
+
     def asks_nothing(self) -> bool:
         """True when a round trip would be for nothing.  Every field that
         asks counts, so a new kind of request can never be left out here."""
         blank = _Request()
         for field in dataclasses.fields(self):
-            if field.name in ("names", "answer"):
+            if field.name in _Request.TOLD:
                 continue
             value = getattr(self, field.name)
             if value != getattr(blank, field.name) and not (isinstance(value, (list, tuple, dict)) and not value):
@@ -1323,6 +1480,8 @@ class _Exchange:
     now: float  # the store's clock when the transaction ran
     data_version: int
     claimed: dict[str, list[_Claimed]] = dataclasses.field(default_factory=dict)
+    parked: dict[str, int] = dataclasses.field(default_factory=dict)  # queue -> jobs the claim parked
+    released: int = 0  # parked jobs let through again, in any queue
     written: list[_Outcome] = dataclasses.field(default_factory=list)
     cancels: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (id, lease)
     enqueued: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)
@@ -1588,7 +1747,7 @@ def _retry_jobs(conn: sqlite3.Connection, job_id: int | None, queue: str | None,
     cursor = conn.execute(
         """UPDATE OR IGNORE litejobs_jobs
               SET state = 'pending', attempts = 0, run_at = ?1, finished_at = NULL,
-                  deadline = NULL, cancel_requested = 0, result = NULL
+                  deadline = NULL, cancel_requested = 0, result = NULL, parked = 0
             WHERE CASE WHEN ?2 IS NULL THEN state = 'dead' AND (?3 IS NULL OR queue = ?3)
                        ELSE id = ?2 AND state IN ('done', 'dead', 'cancelled') END""",
         (clock(), job_id, queue),
@@ -1599,13 +1758,17 @@ def _retry_jobs(conn: sqlite3.Connection, job_id: int | None, queue: str | None,
 def _cancel_job(conn: sqlite3.Connection, job_id: int, clock: Callable[[], float]) -> tuple[JobState, Event | None]:
     """Pending: cancelled at once (with its event).  Running: flagged for its
     worker to stop, which then records the cancellation."""
+    if _on_postgres(conn):
+        _pg_lock_limits(conn)  # the job may hold a free slot of its concurrency key: pass it on
     row = conn.execute(
-        """UPDATE litejobs_jobs SET state = 'cancelled', finished_at = ?
-            WHERE id = ? AND state = 'pending' RETURNING name, queue, attempts""",
+        """UPDATE litejobs_jobs SET state = 'cancelled', finished_at = ?, parked = 0
+            WHERE id = ? AND state = 'pending' RETURNING name, queue, attempts, concurrency_key""",
         (clock(), job_id),
     ).fetchone()
     if row is not None:
-        return JobState.CANCELLED, Event(EventKind.CANCELLATION, job_id, *row)
+        if row[3] is not None:
+            _release(conn, [row[3]])
+        return JobState.CANCELLED, Event(EventKind.CANCELLATION, job_id, *row[:3])
     conn.execute("UPDATE litejobs_jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'", (job_id,))
     if _on_postgres(conn):  # its worker may be on another host
         conn.notify()
@@ -1872,9 +2035,10 @@ def _set_recurring(conn: sqlite3.Connection, key: str, interval: float, row: New
     now = clock()
     first = now if cron is None else _cron_next(_parse_cron(cron), _time_zone(cast(str, tz)), now)
     conn.execute(
-        """INSERT INTO litejobs_recurring (key, interval, next_run, name, queue, payload, priority,
-                                           max_retries, backoff, backoff_value, timeout_ms, cron, tz)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        """INSERT INTO litejobs_recurring (key, interval, next_run, name, queue, payload, priority, max_retries,
+                                           backoff, backoff_value, timeout_ms, cron, tz, concurrency_key,
+                                           concurrency_limit)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
            ON CONFLICT (key) DO UPDATE SET
                next_run = CASE WHEN litejobs_recurring.interval = excluded.interval
                                     AND coalesce(litejobs_recurring.cron, '') = coalesce(excluded.cron, '')
@@ -1886,9 +2050,10 @@ def _set_recurring(conn: sqlite3.Connection, key: str, interval: float, row: New
                               THEN litejobs_recurring.last_id END,
                interval = excluded.interval, name = excluded.name, queue = excluded.queue,
                payload = excluded.payload, priority = excluded.priority, max_retries = excluded.max_retries,
-               backoff = excluded.backoff, backoff_value = excluded.backoff_value, timeout_ms = excluded.timeout_ms""",
-        (key, interval, first, row.name, row.queue, row.payload, row.priority,
-         row.max_retries.as_column(), row.backoff.kind, row.backoff.value, row.timeout, cron, tz),
+               backoff = excluded.backoff, backoff_value = excluded.backoff_value, timeout_ms = excluded.timeout_ms,
+               concurrency_key = excluded.concurrency_key, concurrency_limit = excluded.concurrency_limit""",
+        (key, interval, first, row.name, row.queue, row.payload, row.priority, row.max_retries.as_column(),
+         row.backoff.kind, row.backoff.value, row.timeout, cron, tz, row.concurrency_key, row.concurrency_limit),
     )
     if _on_postgres(conn):  # its first tick may be due now
         conn.notify()
@@ -1914,8 +2079,9 @@ def _enqueue_recurring(conn: sqlite3.Connection, now: float) -> list[tuple[int, 
     knows it is up, or its queue is busy): one run, not a pile.
     """
     enqueued = []
+    due = _PG_RECURRING_DUE if _on_postgres(conn) else _SQL_RECURRING_DUE
     for (key, interval, next_run, name, queue, payload, priority, max_retries, backoff, value, timeout, last_id,
-         cron, tz) in conn.execute(_PG_RECURRING_DUE if _on_postgres(conn) else _SQL_RECURRING_DUE, (now,)).fetchall():
+         cron, tz, concurrency_key, concurrency_limit) in conn.execute(due, (now,)).fetchall():
         try:
             if cron is None:
                 missed = math.floor((now - next_run) / interval)
@@ -1931,7 +2097,8 @@ def _enqueue_recurring(conn: sqlite3.Connection, now: float) -> list[tuple[int, 
         if last_id is None or conn.execute(_SQL_NOT_STARTED, (last_id,)).fetchone() is None:
             last_id = conn.execute(
                 _SQL_INSERT_JOB + " RETURNING id",
-                (name, queue, payload, priority, tick, max_retries, backoff, value, timeout, None, now),
+                (name, queue, payload, priority, tick, max_retries, backoff, value, timeout, None, now,
+                 concurrency_key, concurrency_limit),
             ).fetchone()[0]
             enqueued.append((last_id, name, queue))
         conn.execute("UPDATE litejobs_recurring SET next_run = ?, last_id = ? WHERE key = ?",
@@ -1974,9 +2141,12 @@ def _cron_ticks(cron: str, tz: str, next_run: float, now: float) -> tuple[float,
 _EXPORT_HEADER = {"litejobs": "export", "version": 1}
 _EXPORT_JOB_FIELDS = ("name", "queue", "payload", "state", "priority", "run_at", "attempts", "max_retries",
                       "backoff", "backoff_value", "timeout_ms", "unique_key", "created_at", "finished_at",
-                      "last_error")
+                      "last_error", "concurrency_key", "concurrency_limit")
 _EXPORT_RECURRING_FIELDS = ("key", "interval", "next_run", "name", "queue", "payload", "priority", "max_retries",
-                            "backoff", "backoff_value", "timeout_ms", "cron", "tz")
+                            "backoff", "backoff_value", "timeout_ms", "cron", "tz", "concurrency_key",
+                            "concurrency_limit")
+# Fields that exports of older versions lack, and what they mean there.
+_EXPORT_DEFAULTS = {"concurrency_key": None, "concurrency_limit": None}
 
 
 def _export_records(conn: Any) -> list[dict[str, Any]]:
@@ -2037,7 +2207,7 @@ def _check_exported(kind: str, body: dict[str, Any]) -> str | None:
     for field in ("name", "queue", "payload", "key"):
         if field in body and not (isinstance(body[field], str) and body[field] and _is_storable(body[field])):
             return f"{field} must be non-empty text a database can store, got {body[field]!r}"
-    for field in ("unique_key", "last_error"):
+    for field in ("unique_key", "last_error", "concurrency_key"):
         if body.get(field) is not None and not (isinstance(body[field], str) and _is_storable(body[field])):
             return f"{field} must be text a database can store, or null, got {body[field]!r}"
     try:
@@ -2051,6 +2221,8 @@ def _check_exported(kind: str, body: dict[str, Any]) -> str | None:
         "backoff_value": seconds(body["backoff_value"]) and (body["backoff"] != "exponential"
                                                               or body["backoff_value"] >= 1),
         "timeout_ms": _is_timeout(body["timeout_ms"]),
+        "concurrency_limit": (body["concurrency_limit"] is None if body["concurrency_key"] is None
+                              else whole(body["concurrency_limit"], 1, _MAX_COUNT)),
     }
     if kind == "job":
         checks.update(state=body["state"] in ("pending", "dead"), run_at=seconds(body["run_at"]),
@@ -2092,6 +2264,7 @@ def _read_export(lines: Iterable[str]) -> list[tuple[int, dict[str, Any]]]:
         if not isinstance(body, dict) or (kind == "job" and not isinstance(record.get("origin"), str)):
             raise ValueError(f"line {number}: expected a job (with its origin) or a recurring schedule, "
                              f"got {text.strip()[:80]}")
+        body = {**_EXPORT_DEFAULTS, **body}
         missing = [field for field in fields if field not in body]
         if missing:
             raise ValueError(f"line {number}: the {kind} lacks {', '.join(missing)}")
@@ -2164,15 +2337,16 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
     answer = _Exchange(clock(), 0 if postgres else conn.execute("PRAGMA data_version").fetchone()[0])
     if request.look_for_cancels:
         answer.cancels = conn.execute(_SQL_CANCEL_REQUESTED).fetchall()
-    recurring = prune = False
+    recurring = prune = stranded = False
     if request.housekeeping:
         answer.expired = [_Expiry(*row) for row in conn.execute(_SQL_EXPIRED, (answer.now,))]
+        stranded = conn.execute(_SQL_ANY_PARKED).fetchone() is not None
     if request.housekeeping or request.wants:  # a worker woken at a tick's time fires it then
         recurring = conn.execute(_SQL_ANY_RECURRING_DUE, (answer.now,)).fetchone() is not None
     if request.prune_before is not None:
         prune = conn.execute(_SQL_ANY_TO_PRUNE, (request.prune_before,)).fetchone() is not None
     if not (request.outcomes or request.wants or request.reap or request.renew or recurring or prune
-            or request.compact or request.progress):
+            or request.compact or request.progress or stranded):
         answer.next_due = conn.execute(_SQL_NEXT_DUE, (answer.now,)).fetchone()[0]
         return answer
 
@@ -2181,7 +2355,10 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
         # The clock is read once the write lock is held: a claim that waited
         # for the lock must not start with a deadline already gone by.
         now = answer.now = clock()
-        answer.written, answer.claimed, answer.enqueued = [], {}, []
+        answer.written, answer.claimed, answer.parked, answer.enqueued = [], {}, {}, []
+        if _on_postgres(conn) and (request.limited or request.reap or stranded
+                         or any(outcome.concurrency_key for outcome in request.outcomes)):
+            _pg_lock_limits(conn)
         conn.executemany(_SQL_RENEW_DEADLINE, [(now, job_id, lease, left) for job_id, lease, left in request.renew])
         conn.executemany(_SQL_PROGRESS, request.progress)
         todo = list(request.outcomes)
@@ -2219,6 +2396,10 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
                     finished[outcome.queue, state] = finished.get((outcome.queue, state), 0) + 1
         hour = int(now // 3600)
         conn.executemany(_SQL_COUNT_OUTCOME, [(q, s, hour, n) for (q, s), n in finished.items()])
+        ended_keys = {outcome.concurrency_key for outcome in answer.written if outcome.concurrency_key}
+        if stranded:
+            ended_keys.update(key for key, in conn.execute(_SQL_STRANDED_KEYS))
+        answer.released = _release(conn, ended_keys)
         if recurring:
             answer.enqueued = _enqueue_recurring(conn, now)
         if prune:
@@ -2228,16 +2409,38 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
             _compact_counts(conn, now)
         if _on_postgres(conn) and (answer.enqueued or any(outcome.state == "pending" for outcome in answer.written)):
             conn.notify()  # retries and ticks: other hosts' workers learn when they fall due
+        rated = [name for name in request.names if name in request.rates] if request.wants else []
+        plain = [name for name in request.names if name not in request.rates]
+        recent = {name: _recent_starts(conn, name, *request.rates[name], now) for name in rated}
+        caps = {name: max(0, request.rates[name][0] - len(recent[name])) for name in rated}
+        initial_caps = dict(caps)
         for queue, limit in request.wants.items():
             if postgres:
-                found = conn.execute(_pg_claim(limit), {"names": list(request.names), "queue": queue, "now": now})
+                found = conn.execute(_pg_claim(limit, bool(rated)), {
+                    "names": plain + rated, "caps": [limit] * len(plain) + [caps[name] for name in rated],
+                    "queue": queue, "now": now})
             else:
-                found = conn.execute(_sql_claim(len(request.names)), (now, queue, limit, *request.names))
-            claimed = [_Claimed(*row) for row in found]
+                found = conn.execute(_sql_claim(len(plain), len(rated)),
+                                     (now, queue, limit, *plain, *rated, *(caps[name] for name in rated)))
+            claimed = []
+            for *row, parked in found:
+                if parked:
+                    answer.parked[queue] = answer.parked.get(queue, 0) + 1
+                else:
+                    claimed.append(_Claimed(*row))
+                    if row[1] in caps:
+                        caps[row[1]] -= 1
             # RETURNING gives rows in no promised order: restore the claim's.
             claimed.sort(key=lambda job: (-job.priority, job.run_at, job.id))
             answer.claimed[queue] = claimed
         answer.next_due = conn.execute(_SQL_NEXT_DUE, (now,)).fetchone()[0]
+        for name in rated:
+            started = initial_caps[name] - caps[name]
+            conn.executemany(_SQL_RECORD_START, [(name, now)] * started)
+            if caps[name] == 0:  # no start left in the window: wake when its oldest start leaves it
+                window = sorted([*recent[name], *[now] * started], reverse=True)
+                answer.next_due = _earliest(answer.next_due,
+                                            window[request.rates[name][0] - 1] + request.rates[name][1])
 
     try:
         _with_retries(conn, write, write=True)
@@ -2247,6 +2450,40 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
         _with_retries(conn, write, write=True)
     request.answer = answer
     return answer
+
+
+def _recent_starts(conn: Any, name: str, n: int, seconds: float, now: float) -> list[float]:
+    """The latest starts (at most ``n``) of rate-limited ``name`` in the
+    window of ``seconds`` that ends now; older ones are forgotten."""
+    conn.execute(_SQL_FORGET_STARTS, (name, now - seconds))
+    return [started for started, in conn.execute(_SQL_RECENT_STARTS, (name, n))]
+
+
+def _release(conn: Any, keys: Iterable[str]) -> int:
+    """Free slots of concurrency ``keys``: their parked jobs may be claimed
+    again.  Returns how many were let through."""
+    if not keys:
+        return 0
+    postgres = _on_postgres(conn)
+    released = 0
+    for key in sorted(keys):
+        released += conn.execute(_SQL_RELEASE.format(greatest="greatest" if postgres else "max"), (key,)).rowcount
+    if released and postgres:  # the released jobs' workers may be on other hosts
+        conn.notify()
+    return released
+
+
+def _pg_lock_limits(conn: _PgConnection) -> None:
+    """Take the limits lock for the rest of the transaction.
+
+    A claim counts a key's running jobs, or a name's recent starts, in its
+    snapshot; on PostgreSQL two hosts' claims could both count a last free
+    slot and both take it.  Every write that starts, parks or releases
+    limited jobs takes this lock first, in a statement of its own, so that
+    the counting statements that follow see every such write committed
+    before.  Workers with no limits never take it.
+    """
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LIMITS_LOCK,))
 
 
 def _quarantine_broken_rows(conn: sqlite3.Connection, clock: Callable[[], float]) -> list[int]:
@@ -3160,15 +3397,26 @@ _PG_DDL = [
         last_error       TEXT,
         result           TEXT,
         progress         DOUBLE PRECISION,
-        progress_note    TEXT
+        progress_note    TEXT,
+        concurrency_key  TEXT,
+        concurrency_limit BIGINT CHECK (concurrency_limit >= 1),
+        parked           INTEGER NOT NULL DEFAULT 0
     )""",
-    # What version 3 added to a table made by version 2.
+    # What versions 3 and 4 added to a table made by version 2.
     "ALTER TABLE litejobs_jobs ADD COLUMN IF NOT EXISTS progress DOUBLE PRECISION",
     "ALTER TABLE litejobs_jobs ADD COLUMN IF NOT EXISTS progress_note TEXT",
+    "ALTER TABLE litejobs_jobs ADD COLUMN IF NOT EXISTS concurrency_key TEXT",
+    "ALTER TABLE litejobs_jobs ADD COLUMN IF NOT EXISTS concurrency_limit BIGINT CHECK (concurrency_limit >= 1)",
+    "ALTER TABLE litejobs_jobs ADD COLUMN IF NOT EXISTS parked INTEGER NOT NULL DEFAULT 0",
+    "DROP INDEX IF EXISTS litejobs_jobs_claim_by_name",
     # The claim walks this index per job name, in its ORDER BY, and locks
-    # only the rows it takes (see _PG_CLAIM).
-    """CREATE INDEX IF NOT EXISTS litejobs_jobs_claim_by_name
-        ON litejobs_jobs (queue, name, priority DESC, run_at, id) WHERE state = 'pending'""",
+    # only the rows it takes (see _pg_claim).
+    """CREATE INDEX IF NOT EXISTS litejobs_jobs_claimable
+        ON litejobs_jobs (queue, name, priority DESC, run_at, id) WHERE state = 'pending' AND parked = 0""",
+    """CREATE TABLE IF NOT EXISTS litejobs_starts (
+        name       TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL
+    )""",
     *_JOB_INDEXES,
     """CREATE TABLE IF NOT EXISTS litejobs_counts (
         queue TEXT NOT NULL,
@@ -3191,10 +3439,14 @@ _PG_DDL = [
         timeout_ms    BIGINT NOT NULL,
         last_id       BIGINT,
         cron          TEXT,
-        tz            TEXT
+        tz            TEXT,
+        concurrency_key   TEXT,
+        concurrency_limit BIGINT
     )""",
     "ALTER TABLE litejobs_recurring ADD COLUMN IF NOT EXISTS cron TEXT",
     "ALTER TABLE litejobs_recurring ADD COLUMN IF NOT EXISTS tz TEXT",
+    "ALTER TABLE litejobs_recurring ADD COLUMN IF NOT EXISTS concurrency_key TEXT",
+    "ALTER TABLE litejobs_recurring ADD COLUMN IF NOT EXISTS concurrency_limit BIGINT",
     """CREATE TABLE IF NOT EXISTS litejobs_workers (
         id         TEXT PRIMARY KEY,
         host       TEXT NOT NULL,
@@ -3219,14 +3471,14 @@ _PG_DDL = [
 _PG_INSERT_JOBS = """
     WITH rows AS (
         SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::bigint[], %b::float8[], %b::bigint[],
-                             %b::text[], %b::float8[], %b::bigint[], %b::text[])
-               WITH ORDINALITY AS r(name, queue, payload, priority, run_at, max_retries,
-                                    backoff, backoff_value, timeout_ms, unique_key, n)
+                             %b::text[], %b::float8[], %b::bigint[], %b::text[], %b::text[], %b::bigint[])
+               WITH ORDINALITY AS r(name, queue, payload, priority, run_at, max_retries, backoff,
+                                    backoff_value, timeout_ms, unique_key, concurrency_key, concurrency_limit, n)
     ), inserted AS (
-        INSERT INTO litejobs_jobs (name, queue, payload, priority, run_at, max_retries,
-                                   backoff, backoff_value, timeout_ms, unique_key, created_at)
+        INSERT INTO litejobs_jobs (name, queue, payload, priority, run_at, max_retries, backoff, backoff_value,
+                                   timeout_ms, unique_key, concurrency_key, concurrency_limit, created_at)
         SELECT name, queue, payload, priority, run_at, max_retries, backoff, backoff_value,
-               timeout_ms, unique_key, %s FROM rows ORDER BY n
+               timeout_ms, unique_key, concurrency_key, concurrency_limit, %s FROM rows ORDER BY n
         RETURNING id
     )
     SELECT id FROM inserted, (SELECT pg_notify(%s, '')) AS notice ORDER BY id"""
@@ -3244,32 +3496,35 @@ _PG_INSERT_UNIQUE = f"""
 
 
 @functools.cache
-def _pg_claim(limit: int) -> str:
+def _pg_claim(limit: int, capped: bool) -> str:
     """The claim: per job name, the best ``limit`` due jobs from the claim
-    index, each locked with SKIP LOCKED (a row another worker is taking is
-    passed over, never waited for); the best ``limit`` of those are taken.
+    index (or fewer: a rate-limited name's cap, when ``capped``), each
+    locked with SKIP LOCKED (a row another worker is taking is passed over,
+    never waited for); the best ``limit`` of those are chosen, and those
+    that fit their concurrency limits are taken (see _CLAIM_VERDICTS).
 
     The limit is written into the statement, not passed: with LIMIT as a
     parameter PostgreSQL may fall back to a generic plan that scans.
     """
-    return f"""
+    per_name = f"least({int(limit)}, wanted.cap)" if capped else str(int(limit))
+    sql = f"""
         WITH chosen AS (
-            SELECT job.id FROM unnest(%(names)s::text[]) AS wanted(name)
+            SELECT job.* FROM unnest(%(names)s::text[], %(caps)s::bigint[]) AS wanted(name, cap)
             CROSS JOIN LATERAL (
-                SELECT id, priority, run_at FROM litejobs_jobs
-                 WHERE state = 'pending' AND queue = %(queue)s AND name = wanted.name AND run_at <= %(now)s
+                SELECT id, priority, run_at, concurrency_key, concurrency_limit FROM litejobs_jobs
+                 WHERE state = 'pending' AND parked = 0 AND queue = %(queue)s AND name = wanted.name
+                   AND run_at <= %(now)s
                  ORDER BY priority DESC, run_at, id
-                 LIMIT {int(limit)}
+                 LIMIT {per_name}
                  FOR UPDATE SKIP LOCKED) AS job
             WHERE NOT EXISTS (SELECT 1 FROM litejobs_queues WHERE queue = %(queue)s AND paused = 1)
             ORDER BY job.priority DESC, job.run_at, job.id
-            LIMIT {int(limit)})
-        UPDATE litejobs_jobs AS j
-           SET state = 'running', attempts = attempts + 1, lease = lease + 1, progress = NULL,
-               progress_note = NULL, started_at = %(now)s, deadline = %(now)s + timeout_ms / 1000.0 + {_WATCHDOG_GRACE}
-          FROM chosen WHERE j.id = chosen.id
-        RETURNING j.id, j.name, j.queue, convert_to(j.payload, 'UTF8'), j.attempts, j.lease, j.max_retries,
-                  j.backoff, j.backoff_value, j.timeout_ms, j.priority, j.run_at"""
+            LIMIT {int(limit)}),
+        verdicts AS ({_CLAIM_VERDICTS})
+        UPDATE litejobs_jobs AS j SET {_CLAIM_SETS}
+          FROM verdicts WHERE j.id = verdicts.id
+        RETURNING {_claim_returns("j", "convert_to(j.payload, 'UTF8')")}"""
+    return sql.replace(":now", "%(now)s")
 
 
 # The outcome batch, as _SQL_RECORD_OUTCOMES, from one array per column.
@@ -3289,7 +3544,7 @@ _PG_RECORD_OUTCOMES = """
 
 _PG_REAPABLE = """
     SELECT id, name, queue, convert_to(payload, 'UTF8'), attempts, lease, max_retries, backoff, backoff_value,
-           timeout_ms, priority, run_at
+           timeout_ms, priority, run_at, concurrency_key
       FROM litejobs_jobs
      WHERE id = %s AND lease = %s AND deadline = %s AND state = 'running' AND deadline <= %s"""
 
@@ -3303,7 +3558,7 @@ _PG_RECURRING_DUE = _SQL_RECURRING_DUE + " FOR UPDATE SKIP LOCKED"
 _PG_RETRY_JOBS = """
     UPDATE litejobs_jobs AS j
        SET state = 'pending', attempts = 0, run_at = %(now)s, finished_at = NULL,
-           deadline = NULL, cancel_requested = 0, result = NULL
+           deadline = NULL, cancel_requested = 0, result = NULL, parked = 0
      WHERE CASE WHEN %(id)s::bigint IS NULL THEN state = 'dead' AND (%(queue)s::text IS NULL OR queue = %(queue)s)
                 ELSE id = %(id)s AND state IN ('done', 'dead', 'cancelled') END
        AND (unique_key IS NULL
@@ -3325,6 +3580,7 @@ _PG_NOW_AND_CHANNEL = """
                                ELSE md5(current_schema()) END"""
 
 _PG_SCHEMA_LOCK = 0x6C6974656A6F6273  # "litejobs": an advisory lock while tables are made
+_PG_LIMITS_LOCK = _PG_SCHEMA_LOCK + 1  # held by writes that start, park or release limited jobs
 
 
 def _on_postgres(conn: Any) -> TypeGuard[_PgConnection]:
@@ -3605,7 +3861,8 @@ def _open_pg_schema(conn: _PgConnection, path: str, synchronous: str, create: bo
 
 def _pg_insert_arguments(rows: Sequence[NewJob], now: float, channel: str) -> tuple:
     """_PG_INSERT_JOBS's arguments: one array per column, the time, the channel."""
-    columns = [list(column) for column in zip(*(row._row(now)[:-1] for row in rows), strict=True)]
+    columns = [list(column) for column in zip(*(row._row(now) for row in rows), strict=True)]
+    del columns[10]  # created_at: one value for all
     return (*columns, now, channel)
 
 
@@ -3886,6 +4143,10 @@ class _Planner:
         # seen): failed only once seen expired for _WATCHDOG_CONFIRM seconds.
         self.suspects: dict[tuple[int, int], tuple[float, float]] = {}
         self.clock_offset: float | None = None  # store clock - monotonic when deadlines were last right
+        self.rates: dict[str, tuple[int, float]] = {}  # the names' RATE_LIMITs
+        # Some names have limits, or a claim met a job with a concurrency key
+        # (enqueued by a class that declares a limit this worker's lacks).
+        self.limited = False
 
 
     def something_changed(self) -> None:
@@ -3896,7 +4157,7 @@ class _Planner:
     def plan(self, now: float, mono: float, attempts: Collection[_Attempt],
              outcomes: Sequence[_Outcome]) -> _Request:
         """What to ask of the store this time round."""
-        request = _Request(outcomes=outcomes, names=self.names)
+        request = _Request(outcomes=outcomes, names=self.names, rates=self.rates, limited=self.limited)
         housekeeping = mono >= self.next_housekeeping
         if housekeeping:
             self.next_housekeeping = mono + _WATCHDOG_INTERVAL
@@ -3958,8 +4219,14 @@ class _Planner:
                 self.next_due = _earliest(self.next_due, answer.now + outcome.delay)
         self.more_to_prune = answer.more_to_prune
         for queue, claimed in answer.claimed.items():
-            if len(claimed) < request.wants[queue]:
+            # Jobs parked for want of a free slot took room in the claim:
+            # the jobs behind them may still be claimed.
+            if len(claimed) + answer.parked.get(queue, 0) < request.wants[queue]:
                 self.to_ask.discard(queue)
+            self.limited |= any(job.concurrency_key is not None for job in claimed)
+        self.limited |= bool(answer.parked)
+        if answer.released:  # jobs that waited for a free slot, in queues this worker may serve
+            self.to_ask.update(self.capacity)
         for _job_id, _name, queue in answer.enqueued:  # recurring ticks, due now
             if queue in self.capacity:
                 self.to_ask.add(queue)
@@ -4043,6 +4310,10 @@ class Worker:
         self.state: Any = None
         self._id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._planner = _Planner(self._capacity, self._names, store.keep_done)
+        self._planner.rates = {name: (cls.RATE_LIMIT[0], float(cls.RATE_LIMIT[1]))
+                               for name, cls in self._registry.items() if cls.RATE_LIMIT is not None}
+        self._planner.limited = bool(self._planner.rates) or any(
+            cls.CONCURRENCY_LIMIT is not None for cls in self._registry.values())
         # A set, not a dict by id: after the watchdog takes a job away from a
         # frozen attempt, this worker may claim the same job again.
         self._attempts: set[_Attempt] = set()

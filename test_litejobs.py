@@ -224,7 +224,7 @@ def claimed_row(job_id, name="noop", queue="default", attempts=1, lease=1, max_r
     """A job as a claim hands it to a worker (``attempts`` counts the attempt it starts)."""
     backoff = litejobs.Linear(0) if backoff is None else backoff
     return litejobs._Claimed(job_id, name, queue, b"{}", attempts, lease, max_retries, backoff.kind,
-                             float(backoff.value), timeout_ms, 0, run_at)
+                             float(backoff.value), timeout_ms, 0, run_at, None)
 
 
 def success(row, **fields):
@@ -565,7 +565,7 @@ def test_connect_creates_wal_database_and_enqueue_get(db):
             await store.close()
 
     run(main())
-    assert query(db, "SELECT value FROM litejobs_meta WHERE key = 'schema_version'") == [("3",)]
+    assert query(db, "SELECT value FROM litejobs_meta WHERE key = 'schema_version'") == [("4",)]
     if not on_postgres(db):
         assert query(db, "PRAGMA journal_mode") == [("wal",)]
 
@@ -612,9 +612,9 @@ def test_a_file_of_schema_version_1_is_migrated_and_keeps_its_jobs(sqlite_db):
 
     run(main())
     conn = sqlite3.connect(sqlite_db)
-    assert conn.execute("SELECT value FROM litejobs_meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+    assert conn.execute("SELECT value FROM litejobs_meta WHERE key = 'schema_version'").fetchone()[0] == "4"
     indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert "litejobs_jobs_claim" not in indexes and "litejobs_jobs_claim_by_name" in indexes
+    assert "litejobs_jobs_claim" not in indexes and "litejobs_jobs_claimable" in indexes
 
 
 def test_not_a_database_is_refused_and_untouched(tmp_path):
@@ -1334,10 +1334,12 @@ def test_unknown_names_stay_pending_and_do_not_spin(db):
 def test_claim_uses_the_index_not_a_scan(sqlite_db):
     run(_open_and_close(sqlite_db))
     conn = sqlite3.connect(sqlite_db)
-    plan = conn.execute("EXPLAIN QUERY PLAN " + litejobs._sql_claim(1), (T0, "default", 10, "a")).fetchall()
+    plan = conn.execute("EXPLAIN QUERY PLAN " + litejobs._sql_claim(1, 0), (T0, "default", 10, "a")).fetchall()
     text = " | ".join(row[-1] for row in plan)
-    assert "USING INDEX litejobs_jobs_claim_by_name (queue=? AND name=?)" in text
-    assert "SCAN litejobs_jobs" not in text and "TEMP B-TREE" not in text, text
+    assert "USING INDEX litejobs_jobs_claimable (queue=? AND name=?)" in text
+    # A key's running jobs are counted from their own index.
+    assert "USING INDEX litejobs_jobs_running_key (concurrency_key=?)" in text
+    assert "SCAN litejobs_jobs" not in text and "SCAN r" not in text, text
 
 
 def test_claim_never_walks_past_jobs_of_names_the_worker_does_not_know(sqlite_db):
@@ -1345,10 +1347,12 @@ def test_claim_never_walks_past_jobs_of_names_the_worker_does_not_know(sqlite_db
     # are sorted together.  (bench_litejobs.py measures the cost.)
     run(_open_and_close(sqlite_db))
     conn = sqlite3.connect(sqlite_db)
-    plan = conn.execute("EXPLAIN QUERY PLAN " + litejobs._sql_claim(3), (T0, "default", 10, "a", "b", "c")).fetchall()
+    plan = conn.execute("EXPLAIN QUERY PLAN " + litejobs._sql_claim(3, 0),
+                        (T0, "default", 10, "a", "b", "c")).fetchall()
     searches = sorted(row[-1] for row in plan if "litejobs_jobs" in row[-1])
-    assert searches == ["SEARCH litejobs_jobs USING INDEX litejobs_jobs_claim_by_name (queue=? AND name=?)"] * 3 \
-        + ["SEARCH litejobs_jobs USING INTEGER PRIMARY KEY (rowid=?)"], plan
+    assert searches == ["SEARCH litejobs_jobs USING INDEX litejobs_jobs_claimable (queue=? AND name=?)"] * 3 \
+        + ["SEARCH litejobs_jobs USING INTEGER PRIMARY KEY (rowid=?)",
+           "SEARCH r USING INDEX litejobs_jobs_running_key (concurrency_key=?)"], plan
 
     async def main():  # and it still takes the best jobs across names
         async with litejobs.connect(sqlite_db, clock=FakeClock()) as store:
@@ -3962,7 +3966,7 @@ def test_every_kind_of_request_counts_as_something_to_send():
     assert worker_request(names=["x"]).asks_nothing()
     assert not worker_request(prune_before=0.0).asks_nothing()  # a falsy value still asks
     for field in dataclasses.fields(worker_request()):
-        if field.name not in ("names", "answer"):  # what it asks, not what it is told
+        if field.name not in litejobs._Request.TOLD:  # what it asks, not what it is told
             value = {"bool": True, "float | None": 1.0}.get(field.type, [1])
             if field.name == "wants":
                 value = {"default": 1}
@@ -3979,6 +3983,23 @@ def test_planner_claims_everywhere_at_first_then_only_where_claims_came_back_ful
     assert planner.plan(T0, 100.1, (), ()).wants == {}
     planner.running["default"] = 1  # one finished: its queue may hold more
     assert planner.go_again() and planner.plan(T0, 100.2, (), ()).wants == {"default": 1}
+
+
+def test_planner_asks_again_where_parked_jobs_took_room_or_were_let_through():
+    planner = new_planner()
+    request = planner.plan(T0, 100.0, (), ())
+    answer = store_answer(T0, {"default": [claimed_row(1)], "email": []})
+    answer.parked = {"default": 1}  # the claim was full: one taken, one parked
+    planner.took(request, answer, 100.0, ())
+    assert planner.to_ask == {"default"} and planner.limited
+    request = planner.plan(T0, 100.1, (), ())
+    planner.took(request, store_answer(T0, {"default": []}), 100.1, ())
+    assert planner.to_ask == set()
+    request = planner.plan(T0, 100.2, (), [success(claimed_row(1))])
+    answer = store_answer(T0, {})
+    answer.released = 1  # the outcome freed a slot: its parked jobs are due again
+    planner.took(request, answer, 100.2, ())
+    assert planner.to_ask == {"default", "email"} and planner.go_again()
 
 
 def test_planner_asks_a_full_queue_again_when_a_slot_frees_after_a_wake_up():
@@ -4637,15 +4658,19 @@ def test_the_claim_walks_the_index_even_with_a_generic_plan(postgresql_db):
     with litejobs.connect_sync(postgresql_db) as store:
         store.enqueue_many([Noop() for _ in range(20_000)])
         store.enqueue_many([Echo(n) for n in range(20_000)])
-    sql = litejobs._pg_claim(64)
-    for n, name in enumerate(("names", "queue", "now"), 1):
-        sql = sql.replace(f"%({name})s", f"${n}")
-    with psycopg.connect(postgresql_db, autocommit=True) as conn:
-        conn.execute("ANALYZE litejobs_jobs")
-        conn.execute("SET plan_cache_mode = force_generic_plan")  # as a prepared claim may fall back to
-        conn.execute(f"PREPARE claim (text[], text, float8) AS {sql}")
-        plan = "\n".join(row[0] for row in conn.execute("EXPLAIN EXECUTE claim (ARRAY['echo'], 'default', 1e12)"))
-    assert "litejobs_jobs_claim_by_name" in plan and "Seq Scan on litejobs_jobs" not in plan, plan
+    plans = []
+    for capped in (False, True):
+        sql = litejobs._pg_claim(64, capped)
+        for n, name in enumerate(("names", "caps", "queue", "now"), 1):
+            sql = sql.replace(f"%({name})s", f"${n}")
+        with psycopg.connect(postgresql_db, autocommit=True) as conn:
+            conn.execute("ANALYZE litejobs_jobs")
+            conn.execute("SET plan_cache_mode = force_generic_plan")  # as a prepared claim may fall back to
+            conn.execute(f"PREPARE claim (text[], bigint[], text, float8) AS {sql}")
+            plans.append("\n".join(row[0] for row in conn.execute(
+                "EXPLAIN EXECUTE claim (ARRAY['echo'], ARRAY[3], 'default', 1e12)")))
+    for plan in plans:
+        assert "litejobs_jobs_claimable" in plan and "Seq Scan on litejobs_jobs" not in plan, plan
 
 
 # -- pausing a queue ---------------------------------------------------------------
@@ -4986,8 +5011,17 @@ def test_a_schedule_this_host_cannot_compute_waits_and_every_other_job_goes_on(d
 
 def test_a_file_of_schema_version_2_is_refused_by_inspection_and_brought_up_by_a_change(capsys, sqlite_db):
     litejobs.connect_sync(sqlite_db).close()
-    conn = sqlite3.connect(sqlite_db)  # what litejobs 0.2.0 made: no pauses, progress or cron
-    for statement in ("DROP TABLE litejobs_queues", "ALTER TABLE litejobs_jobs DROP COLUMN progress",
+    conn = sqlite3.connect(sqlite_db)  # what litejobs 0.2.0 made: no pauses, progress, cron or limits
+    for statement in ("DROP INDEX litejobs_jobs_claimable", "DROP INDEX litejobs_jobs_parked",
+                      "DROP INDEX litejobs_jobs_running_key", "DROP TABLE litejobs_starts",
+                      "ALTER TABLE litejobs_jobs DROP COLUMN concurrency_key",
+                      "ALTER TABLE litejobs_jobs DROP COLUMN concurrency_limit",
+                      "ALTER TABLE litejobs_jobs DROP COLUMN parked",
+                      "ALTER TABLE litejobs_recurring DROP COLUMN concurrency_key",
+                      "ALTER TABLE litejobs_recurring DROP COLUMN concurrency_limit",
+                      "CREATE INDEX litejobs_jobs_claim_by_name ON litejobs_jobs (queue, name, priority DESC, run_at) "
+                      "WHERE state = 'pending'",
+                      "DROP TABLE litejobs_queues", "ALTER TABLE litejobs_jobs DROP COLUMN progress",
                       "ALTER TABLE litejobs_jobs DROP COLUMN progress_note",
                       "ALTER TABLE litejobs_recurring DROP COLUMN cron",
                       "ALTER TABLE litejobs_recurring DROP COLUMN tz",
@@ -4997,9 +5031,303 @@ def test_a_file_of_schema_version_2_is_refused_by_inspection_and_brought_up_by_a
     conn.close()
     for command in (["stats"], ["jobs"], ["schedules"], ["export"]):
         code, out, err = _cli(capsys, "--db", sqlite_db, *command)
-        assert code == 1 and "schema version 2, older than this litejobs' 3: open it once read-write" in err
+        assert code == 1 and "schema version 2, older than this litejobs' 4: open it once read-write" in err
         assert err.count("\n") == 1
     code, out, _ = _cli(capsys, "--db", sqlite_db, "pause", "default")  # a change: it brings the file up
     assert code == 0
     assert _cli(capsys, "--db", sqlite_db, "jobs")[0] == 0
-    assert query(sqlite_db, "SELECT value FROM litejobs_meta WHERE key = 'schema_version'") == [("3",)]
+    assert query(sqlite_db, "SELECT value FROM litejobs_meta WHERE key = 'schema_version'") == [("4",)]
+
+
+# -- concurrency and rate limits ---------------------------------------------------------
+
+
+@dataclass
+class PerUser(litejobs.Job):
+    """At most two at once per user; user 0 is not limited."""
+
+    NAME = "per_user"
+    CONCURRENCY_LIMIT = 2
+    user: int = 1
+
+    def concurrency_key(self):
+        return None if self.user == 0 else f"user:{self.user}"
+
+    async def run(self, state):
+        return None
+
+
+@dataclass
+class Throttled(litejobs.Job):
+    NAME = "throttled"
+    RATE_LIMIT = (3, 10)
+
+    async def run(self, state):
+        return None
+
+
+def test_a_concurrency_key_runs_at_most_its_limit_and_the_rest_wait_parked_out_of_the_claim(db):
+    clock = FakeClock()
+    names = ["noop", "per_user"]
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            first_user = await store.enqueue_many([PerUser(1) for _ in range(5)])
+            await store.enqueue_many([PerUser(2), PerUser(2), PerUser(0)])
+            answer = await round_trip(store, wants={"default": 10}, names=names)
+            claimed = answer.claimed["default"]
+            keys = sorted(str(job.concurrency_key) for job in claimed)
+            assert keys == ["None", "user:1", "user:1", "user:2", "user:2"]
+            assert answer.parked == {"default": 3}  # user 1's other three: pending, out of the claim
+            parked = [job_id for job_id, in query(db, "SELECT id FROM litejobs_jobs WHERE parked = 1 ORDER BY id")]
+            assert parked == first_user[2:]
+            assert {(await store.get(job_id)).state for job_id in parked} == {litejobs.JobState.PENDING}
+            again = await round_trip(store, wants={"default": 10}, names=names)
+            assert again.claimed["default"] == [] and again.parked == {}  # never walked past again
+
+            # A user-1 job ends: one slot, one parked job back, the best first.
+            ended = next(job for job in claimed if job.concurrency_key == "user:1")
+            await round_trip(store, outcomes=[success(ended)])
+            taken = await claim(store, 10, names)
+            assert [job.id for job in taken] == [first_user[2]]
+            # A failed attempt frees its slot too, though the job waits for a retry.
+            await round_trip(store, outcomes=[failure(taken[0])])
+            assert [job.id for job in await claim(store, 10, names)] == [first_user[3]]
+            # So does cancelling a job that was let through but not yet claimed.
+            running = [job.id for job in claimed if job.concurrency_key == "user:1" and job.id != ended.id]
+            await round_trip(store, outcomes=[success(claimed_row(running[0], name="per_user"))])
+            await store.cancel(first_user[4])  # released, then cancelled before any claim
+            clock.advance(60)
+            assert [job.id for job in await claim(store, 10, names)] == [first_user[2]]  # its retry
+            states = {job_id: (await store.get(job_id)).state for job_id in first_user}
+            assert states[first_user[4]] is litejobs.JobState.CANCELLED
+            assert query(db, "SELECT count(*) FROM litejobs_jobs WHERE parked = 1") == [(0,)]
+
+    run(main())
+
+
+def test_a_parked_job_whose_key_runs_nothing_is_let_through_by_housekeeping(db):
+    # A safety net: a running job ended some way that released nothing
+    # (here a hand edit); housekeeping finds the key with nothing running.
+    clock = FakeClock()
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            ids = await store.enqueue_many([PerUser(1) for _ in range(3)])
+            assert len(await claim(store, 10, ["per_user"])) == 2
+            await by_hand(store, "UPDATE litejobs_jobs SET state = 'done' WHERE state = 'running'")
+            assert await claim(store, 10, ["per_user"]) == []
+            await round_trip(store, housekeeping=True, names=["per_user"])
+            assert [job.id for job in await claim(store, 10, ["per_user"])] == [ids[2]]
+
+    run(main())
+
+
+def test_a_rate_limit_allows_n_starts_in_any_window_and_says_when_the_next_may_start(db):
+    clock = FakeClock()
+    rates = {"throttled": (3, 10.0)}
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            await store.enqueue_many([Throttled() for _ in range(7)])
+            await store.enqueue(Noop())
+
+            async def take(n=10):
+                answer = await round_trip(store, wants={"default": n}, names=["noop", "throttled"], rates=rates)
+                return [job.name for job in answer.claimed["default"]], answer.next_due
+
+            assert await take() == (["throttled", "throttled", "throttled", "noop"], T0 + 10)
+            clock.advance(9.5)
+            assert await take() == ([], T0 + 10)  # the window still holds three starts
+            clock.advance(0.5)
+            assert await take(2) == (["throttled", "throttled"], None)  # one start left in this window
+            clock.advance(1)
+            assert await take() == (["throttled"], T0 + 20)
+            clock.advance(10)
+            assert await take() == (["throttled"], None)
+            # Only the starts still in a window are kept.
+            assert query(db, "SELECT count(*) FROM litejobs_starts") == [(1,)]
+
+    run(main())
+
+
+def test_limits_are_checked_where_they_are_written_and_bad_ones_store_nothing(db):
+    with pytest.raises(litejobs.JobDefinitionError, match="CONCURRENCY_LIMIT must be a positive int"):
+        type("Zero", (litejobs.Job,), {"NAME": "zero", "CONCURRENCY_LIMIT": 0})
+    with pytest.raises(litejobs.JobDefinitionError, match="needs CONCURRENCY_LIMIT = n"):
+        type("KeyOnly", (litejobs.Job,), {"NAME": "key_only", "CONCURRENCY_KEY": "api"})
+    with pytest.raises(litejobs.JobDefinitionError, match="needs CONCURRENCY_LIMIT = n"):
+        type("MethodOnly", (litejobs.Job,), {"NAME": "method_only", "concurrency_key": lambda self: "api"})
+    for rate in ((0, 1), (3, 0), (3,), [3, 1], (3, float("inf")), (2.5, 1)):
+        with pytest.raises(litejobs.JobDefinitionError, match="RATE_LIMIT must be \\(n, seconds\\)"):
+            type("Rated", (litejobs.Job,), {"NAME": "rated", "RATE_LIMIT": rate})
+
+    @dataclass
+    class BadKey(litejobs.Job):
+        NAME = "bad_key"
+        CONCURRENCY_LIMIT = 1
+
+        def concurrency_key(self):
+            return 42
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            kept = await store.enqueue(PerUser(3))
+            with pytest.raises(litejobs.JobDefinitionError, match="concurrency_key\\(\\) returned 42"):
+                await store.enqueue_many([PerUser(4), BadKey()])
+            assert [job.id for job in await store.jobs()] == [kept]
+            assert (await store.get(kept)).payload == {"user": 3}
+
+    run(main())
+    assert query(db, "SELECT concurrency_key, concurrency_limit FROM litejobs_jobs") == [("user:3", 2)]
+
+
+def test_a_limit_without_a_key_limits_the_name_and_schedules_and_exports_keep_keys(capsys, tmp_path, db):
+    @dataclass
+    class Report(litejobs.Job):
+        NAME = "limited_report"
+        CONCURRENCY_LIMIT = 1
+
+        async def run(self, state):
+            return None
+
+    clock = FakeClock()
+
+    async def main():
+        async with litejobs.connect(db, clock=clock) as store:
+            await store.every(60, Report(), key="report")
+            await round_trip(store, housekeeping=True, names=["limited_report"])  # the first tick
+            await store.enqueue(Report())
+            taken = await claim(store, 10, ["limited_report"])
+            assert len(taken) == 1 and taken[0].concurrency_key == "limited_report"
+            assert query(db, "SELECT concurrency_key, concurrency_limit, parked FROM litejobs_jobs ORDER BY id") \
+                == [("limited_report", 1, 0), ("limited_report", 1, 1)]
+            await round_trip(store, outcomes=[success(taken[0])])
+
+    run(main())
+    code, out, _ = _cli(capsys, "--db", db, "export")
+    assert code == 0
+    exported = [orjson_loads(line) for line in out.splitlines()]
+    assert [record["job"]["concurrency_key"] for record in exported if "job" in record] == ["limited_report"]
+    assert [record["recurring"]["concurrency_limit"] for record in exported if "recurring" in record] == [1]
+    (tmp_path / "jobs.jsonl").write_text(out)
+    (tmp_path / "bad.jsonl").write_text(out.replace('"concurrency_limit":1', '"concurrency_limit":0'))
+    target = str(tmp_path / "target.db")
+    code, _, err = _cli(capsys, "--db", target, "import", str(tmp_path / "bad.jsonl"))
+    assert code == 1 and "line 2: concurrency_limit cannot be 0" in err
+    assert _cli(capsys, "--db", target, "import", str(tmp_path / "jobs.jsonl"))[0] == 0
+    assert query(target, "SELECT concurrency_key, concurrency_limit FROM litejobs_jobs") == [("limited_report", 1)]
+
+
+def test_jobs_waiting_for_a_slot_cost_an_idle_worker_no_round_trips(db):
+    gate = asyncio.Event()
+
+    @dataclass
+    class OneAtATime(litejobs.Job):
+        NAME = "one_at_a_time"
+        CONCURRENCY_LIMIT = 1
+        n: int = 0
+
+        async def run(self, state):
+            await gate.wait()
+            return self.n
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            ids = await store.enqueue_many([OneAtATime(n) for n in range(30)])
+            async with litejobs.Worker(store, [OneAtATime], concurrency=8, poll_interval=0.01) as worker:
+                await wait_state(store, ids[0], "running")
+                await wait_until(lambda: _true_when(worker.claims > 0), "a claim")
+                await asyncio.sleep(0.05)
+                claims = worker.claims
+                await asyncio.sleep(0.3)  # thirty poll intervals, with 29 jobs due
+                assert worker.claims - claims <= 1  # housekeeping's once a second at most
+                assert [job.state for job in await store.jobs(state="running")] == ["running"]
+                gate.set()  # each end lets the next one through, in the same round trip
+                for job_id in ids:
+                    await wait_state(store, job_id, "done")
+        started = [row[0] for row in query(db, "SELECT started_at FROM litejobs_jobs ORDER BY started_at")]
+        finished = [row[0] for row in query(db, "SELECT finished_at FROM litejobs_jobs ORDER BY started_at")]
+        assert all(end <= start for end, start in zip(finished, started[1:], strict=False))  # one at a time
+
+    run(main())
+
+
+LIMITS_WORKER = """
+import asyncio, os, sys, time
+from dataclasses import dataclass
+sys.path.insert(0, {here!r})
+import litejobs
+
+LOG = {log!r}
+
+@dataclass
+class Shared(litejobs.Job):
+    NAME = "shared"
+    CONCURRENCY_LIMIT = 2
+    account: str = "a"
+
+    def concurrency_key(self):
+        return "account:" + self.account
+
+    async def run(self, state):
+        started = time.monotonic()
+        await asyncio.sleep(0.01)
+        line = f"{{self.account}} {{started!r}} {{time.monotonic()!r}} {{os.getpid()}}\\n"
+        fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, line.encode())
+        os.close(fd)
+
+@dataclass
+class Paced(litejobs.Job):
+    NAME = "paced"
+    RATE_LIMIT = (4, 0.3)
+
+    async def run(self, state):
+        return None
+
+async def main():
+    async with litejobs.connect({db!r}) as store:
+        async with litejobs.Worker(store, [Shared, Paced], concurrency=8, poll_interval=0.01):
+            while True:
+                s = (await store.stats()).get("default")
+                if s is None or s.pending + s.scheduled + s.running == 0:
+                    break
+                await asyncio.sleep(0.05)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+def test_two_worker_processes_never_exceed_a_concurrency_or_rate_limit(tmp_path, db):
+    log = tmp_path / "runs.log"
+    script = tmp_path / "limits.py"
+    script.write_text(LIMITS_WORKER.format(here=HERE, db=db, log=str(log)))
+    exec(compile(LIMITS_WORKER.split("async def main")[0].format(here=HERE, db=db, log=str(log)), "jobs", "exec"),
+         jobs := {})
+
+    async def enqueue():
+        async with litejobs.connect(db) as store:
+            await store.enqueue_many([jobs["Shared"](account) for _ in range(60) for account in "ab"])
+            await store.enqueue_many([jobs["Paced"]() for _ in range(16)])
+
+    run(enqueue())
+    workers = [subprocess.Popen([sys.executable, str(script)]) for _ in range(2)]
+    for process in workers:
+        assert process.wait(timeout=120) == 0
+    assert query(db, "SELECT state, count(*) FROM litejobs_jobs GROUP BY state") == [("done", 136)]
+    runs = [line.split() for line in log.read_text().splitlines()]
+    assert len(runs) == 120 and len({pid for *_, pid in runs}) == 2  # both processes ran some
+    for account in "ab":
+        events = sorted([(float(start), 1) for key, start, _, _ in runs if key == account]
+                        + [(float(end), -1) for key, _, end, _ in runs if key == account])
+        running = peak = 0
+        for _, step in events:
+            running += step
+            peak = max(peak, running)
+        assert peak == 2  # at most two at once, and the limit was reached
+    # The store's own record of each start: never five in 0.3 s.
+    starts = [row[0] for row in query(db, "SELECT started_at FROM litejobs_jobs WHERE name = 'paced' "
+                                          "ORDER BY started_at")]
+    assert all(later - earlier >= 0.3 for earlier, later in zip(starts, starts[4:], strict=False)), starts
