@@ -344,7 +344,8 @@ _MIGRATIONS: dict[int, list[str]] = {
 _JOB_COLUMNS = (
     "id, name, queue, payload, state, priority, run_at, attempts, max_retries,"
     " backoff, backoff_value, timeout_ms, unique_key, lease, created_at,"
-    " started_at, finished_at, last_error, result, progress, progress_note"
+    " started_at, finished_at, last_error, result, progress, progress_note, concurrency_key,"
+    " concurrency_limit, parked"
 )
 
 _SQL_INSERT_JOB = """
@@ -382,6 +383,13 @@ _CLAIM_VERDICTS = """
                          <= concurrency_limit END AS fits
       FROM chosen"""
 
+# The verdicts of a worker none of whose classes has a limit, the common
+# case: they cost nothing (the ranking above costs a sort per claim).  A job
+# with a concurrency key (enqueued by a class that declares a limit the
+# worker's class lacks) is parked, never run unlimited; the worker then
+# claims with _CLAIM_VERDICTS, and housekeeping lets the job through.
+_UNLIMITED_VERDICTS = "SELECT id, concurrency_key IS NULL AS fits FROM chosen"
+
 # What a claimed job's row becomes.  A job that does not fit is parked
 # instead: it stays pending, but leaves the claim's index until a job of its
 # key ends (_SQL_RELEASE), so that no claim walks past it again meanwhile.
@@ -404,7 +412,7 @@ def _claim_returns(table: str, payload: str) -> str:
 
 
 @functools.cache
-def _sql_claim(plain: int, capped: int) -> str:
+def _sql_claim(plain: int, capped: int, limited: bool = True) -> str:
     """The claim: one statement picks and takes up to ?3 due jobs of a queue.
 
     Two workers can never take the same row, because the choice and the
@@ -416,7 +424,8 @@ def _sql_claim(plain: int, capped: int) -> str:
     pending jobs of other names.  The ``plain`` names come first in the
     parameters, then the ``capped`` ones (rate-limited: each takes at most
     its cap, given after the names).  Placeholders are generated from the
-    counts, never from the names.
+    counts, never from the names.  ``limited``: whether the worker's classes
+    have concurrency limits (see _UNLIMITED_VERDICTS).
     """
     def arm(name_test: str, limit: str) -> str:
         return f"""SELECT id, priority, run_at, concurrency_key, concurrency_limit FROM litejobs_jobs
@@ -435,7 +444,7 @@ def _sql_claim(plain: int, capped: int) -> str:
         choose = "SELECT * FROM (" + ")\n UNION ALL SELECT * FROM (".join(arms) + ")"
         choose = f"SELECT * FROM ({choose}) ORDER BY priority DESC, run_at, id LIMIT :limit"
     sql = f"""
-        WITH chosen AS ({choose}), verdicts AS ({_CLAIM_VERDICTS})
+        WITH chosen AS ({choose}), verdicts AS ({_CLAIM_VERDICTS if limited else _UNLIMITED_VERDICTS})
         UPDATE litejobs_jobs SET {_CLAIM_SETS}
           FROM verdicts
          WHERE litejobs_jobs.id = verdicts.id AND {_NOT_PAUSED}
@@ -1185,6 +1194,9 @@ class JobInfo:
     result: Any
     progress: float | None = None  # 0 to 1, as the running (or last) attempt reported it
     progress_note: str | None = None
+    concurrency_key: str | None = None  # at most concurrency_limit jobs with this key run at once
+    concurrency_limit: int | None = None
+    waiting_for_slot: bool = False  # pending, parked until a job of its key ends
 
     @classmethod
     def _from_row(cls, row: Sequence) -> JobInfo:
@@ -1197,7 +1209,8 @@ class JobInfo:
     def _from_row_unchecked(cls, row: Sequence) -> JobInfo:
         (id_, name, queue, payload, state, priority, run_at, attempts, max_retries,
          backoff, backoff_value, timeout_ms, unique_key, _lease, created_at,
-         started_at, finished_at, last_error, result, progress, progress_note) = row
+         started_at, finished_at, last_error, result, progress, progress_note, concurrency_key,
+         concurrency_limit, parked) = row
         return cls(
             id=id_, name=name, queue=queue, payload=_loads_or_raw(payload),
             state=JobState(state), attempts=attempts,
@@ -1207,7 +1220,8 @@ class JobInfo:
             created_at=_datetime(created_at), started_at=_optional_datetime(started_at),
             finished_at=_optional_datetime(finished_at), last_error=last_error,
             result=None if result is None else _loads_or_raw(result),
-            progress=progress, progress_note=progress_note,
+            progress=progress, progress_note=progress_note, concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit, waiting_for_slot=state == "pending" and parked == 1,
         )
 
 
@@ -1409,6 +1423,7 @@ class _Claimed(NamedTuple):
     priority: int
     run_at: float
     concurrency_key: str | None
+    parked: int = 0  # a claim's row only: 1 when the claim parked the job instead (see _CLAIM_SETS)
 
     def outcome(self, state: str, event: str, **fields: Any) -> _Outcome:
         return _Outcome(self.id, self.lease, state, event, self.name, self.queue, self.attempts,
@@ -2409,27 +2424,29 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
             _compact_counts(conn, now)
         if _on_postgres(conn) and (answer.enqueued or any(outcome.state == "pending" for outcome in answer.written)):
             conn.notify()  # retries and ticks: other hosts' workers learn when they fall due
-        rated = [name for name in request.names if name in request.rates] if request.wants else []
-        plain = [name for name in request.names if name not in request.rates]
+        plain, rated = list(request.names), []
+        if request.rates and request.wants:
+            rated = [name for name in request.names if name in request.rates]
+            plain = [name for name in request.names if name not in request.rates]
         recent = {name: _recent_starts(conn, name, *request.rates[name], now) for name in rated}
         caps = {name: max(0, request.rates[name][0] - len(recent[name])) for name in rated}
         initial_caps = dict(caps)
         for queue, limit in request.wants.items():
             if postgres:
-                found = conn.execute(_pg_claim(limit, bool(rated)), {
+                found = conn.execute(_pg_claim(limit, bool(rated), request.limited), {
                     "names": plain + rated, "caps": [limit] * len(plain) + [caps[name] for name in rated],
                     "queue": queue, "now": now})
             else:
-                found = conn.execute(_sql_claim(len(plain), len(rated)),
+                found = conn.execute(_sql_claim(len(plain), len(rated), request.limited),
                                      (now, queue, limit, *plain, *rated, *(caps[name] for name in rated)))
             claimed = []
-            for *row, parked in found:
-                if parked:
+            for job in map(_Claimed._make, found):
+                if job.parked:
                     answer.parked[queue] = answer.parked.get(queue, 0) + 1
-                else:
-                    claimed.append(_Claimed(*row))
-                    if row[1] in caps:
-                        caps[row[1]] -= 1
+                    continue
+                claimed.append(job)
+                if job.name in caps:
+                    caps[job.name] -= 1
             # RETURNING gives rows in no promised order: restore the claim's.
             claimed.sort(key=lambda job: (-job.priority, job.run_at, job.id))
             answer.claimed[queue] = claimed
@@ -3496,12 +3513,13 @@ _PG_INSERT_UNIQUE = f"""
 
 
 @functools.cache
-def _pg_claim(limit: int, capped: bool) -> str:
+def _pg_claim(limit: int, capped: bool, limited: bool = True) -> str:
     """The claim: per job name, the best ``limit`` due jobs from the claim
     index (or fewer: a rate-limited name's cap, when ``capped``), each
     locked with SKIP LOCKED (a row another worker is taking is passed over,
     never waited for); the best ``limit`` of those are chosen, and those
-    that fit their concurrency limits are taken (see _CLAIM_VERDICTS).
+    that fit their concurrency limits are taken (see _CLAIM_VERDICTS, and
+    _UNLIMITED_VERDICTS for a worker with no ``limited`` classes).
 
     The limit is written into the statement, not passed: with LIMIT as a
     parameter PostgreSQL may fall back to a generic plan that scans.
@@ -3520,7 +3538,7 @@ def _pg_claim(limit: int, capped: bool) -> str:
             WHERE NOT EXISTS (SELECT 1 FROM litejobs_queues WHERE queue = %(queue)s AND paused = 1)
             ORDER BY job.priority DESC, job.run_at, job.id
             LIMIT {int(limit)}),
-        verdicts AS ({_CLAIM_VERDICTS})
+        verdicts AS ({_CLAIM_VERDICTS if limited else _UNLIMITED_VERDICTS})
         UPDATE litejobs_jobs AS j SET {_CLAIM_SETS}
           FROM verdicts WHERE j.id = verdicts.id
         RETURNING {_claim_returns("j", "convert_to(j.payload, 'UTF8')")}"""
@@ -4946,6 +4964,9 @@ def _command_show(store: SyncStore, args: Any) -> int:
         ("attempts", f"{info.attempts} (retries allowed: {retries})"),
         ("backoff", repr(info.backoff)), ("timeout", f"{info.timeout} ms"), ("priority", info.priority),
         ("unique_key", info.unique_key or "-"),
+        ("limit", "-" if info.concurrency_key is None else
+         f"key {info.concurrency_key!r}, {info.concurrency_limit} at once"
+         + (" (waiting for a free slot)" if info.waiting_for_slot else "")),
         ("created", f"{info.created_at.isoformat()} ({_relative(info.created_at, now)})"),
         ("due", _when(info.run_at, now)),
         ("started", _when(info.started_at, now)),

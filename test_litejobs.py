@@ -156,15 +156,18 @@ def on_postgres(db):
 
 
 def query(db, sql, params=()):
-    """Rows read straight from either store's database, around litejobs."""
+    """Rows read (or an edit made) straight in either store's database, around litejobs."""
     if on_postgres(db):
         import psycopg
 
         with psycopg.connect(db) as conn:
-            return [tuple(row) for row in conn.execute(sql.replace("%", "%%").replace("?", "%s"), params)]
+            cursor = conn.execute(sql.replace("%", "%%").replace("?", "%s"), params)
+            return [tuple(row) for row in cursor] if cursor.description else []
     conn = sqlite3.connect(db)
     try:
-        return conn.execute(sql, params).fetchall()
+        rows = conn.execute(sql, params).fetchall()
+        conn.commit()  # an edit, if it was one
+        return rows
     finally:
         conn.close()
 
@@ -197,9 +200,10 @@ def round_trip_sync(store, **fields):
     return store._run(litejobs._exchange, worker_request(**fields), store.clock)
 
 
-async def claim(store, n, names, queue="default"):
-    """Claim up to ``n`` due jobs of ``names`` in ``queue``, as a worker does; the claimed rows, best first."""
-    return (await round_trip(store, wants={queue: n}, names=names)).claimed[queue]
+async def claim(store, n, names, queue="default", limited=False):
+    """Claim up to ``n`` due jobs of ``names`` in ``queue``, as a worker does (one with classes that
+    have limits, if ``limited``); the claimed rows, best first."""
+    return (await round_trip(store, wants={queue: n}, names=names, limited=limited)).claimed[queue]
 
 
 async def reap_expired(store):
@@ -5066,7 +5070,7 @@ class Throttled(litejobs.Job):
         return None
 
 
-def test_a_concurrency_key_runs_at_most_its_limit_and_the_rest_wait_parked_out_of_the_claim(db):
+def test_a_concurrency_key_runs_at_most_its_limit_and_the_rest_wait_parked_out_of_the_claim(capsys, db):
     clock = FakeClock()
     names = ["noop", "per_user"]
 
@@ -5074,31 +5078,35 @@ def test_a_concurrency_key_runs_at_most_its_limit_and_the_rest_wait_parked_out_o
         async with litejobs.connect(db, clock=clock) as store:
             first_user = await store.enqueue_many([PerUser(1) for _ in range(5)])
             await store.enqueue_many([PerUser(2), PerUser(2), PerUser(0)])
-            answer = await round_trip(store, wants={"default": 10}, names=names)
+            answer = await round_trip(store, wants={"default": 10}, names=names, limited=True)
             claimed = answer.claimed["default"]
             keys = sorted(str(job.concurrency_key) for job in claimed)
             assert keys == ["None", "user:1", "user:1", "user:2", "user:2"]
             assert answer.parked == {"default": 3}  # user 1's other three: pending, out of the claim
             parked = [job_id for job_id, in query(db, "SELECT id FROM litejobs_jobs WHERE parked = 1 ORDER BY id")]
             assert parked == first_user[2:]
-            assert {(await store.get(job_id)).state for job_id in parked} == {litejobs.JobState.PENDING}
-            again = await round_trip(store, wants={"default": 10}, names=names)
+            infos = [await store.get(job_id) for job_id in parked]
+            assert {(info.state, info.waiting_for_slot, info.concurrency_key, info.concurrency_limit)
+                    for info in infos} == {(litejobs.JobState.PENDING, True, "user:1", 2)}
+            code, out, _ = _cli(capsys, "--db", db, "show", str(parked[0]))
+            assert code == 0 and "key 'user:1', 2 at once (waiting for a free slot)" in out
+            again = await round_trip(store, wants={"default": 10}, names=names, limited=True)
             assert again.claimed["default"] == [] and again.parked == {}  # never walked past again
 
             # A user-1 job ends: one slot, one parked job back, the best first.
             ended = next(job for job in claimed if job.concurrency_key == "user:1")
             await round_trip(store, outcomes=[success(ended)])
-            taken = await claim(store, 10, names)
+            taken = await claim(store, 10, names, limited=True)
             assert [job.id for job in taken] == [first_user[2]]
             # A failed attempt frees its slot too, though the job waits for a retry.
             await round_trip(store, outcomes=[failure(taken[0])])
-            assert [job.id for job in await claim(store, 10, names)] == [first_user[3]]
+            assert [job.id for job in await claim(store, 10, names, limited=True)] == [first_user[3]]
             # So does cancelling a job that was let through but not yet claimed.
             running = [job.id for job in claimed if job.concurrency_key == "user:1" and job.id != ended.id]
             await round_trip(store, outcomes=[success(claimed_row(running[0], name="per_user"))])
             await store.cancel(first_user[4])  # released, then cancelled before any claim
             clock.advance(60)
-            assert [job.id for job in await claim(store, 10, names)] == [first_user[2]]  # its retry
+            assert [job.id for job in await claim(store, 10, names, limited=True)] == [first_user[2]]  # its retry
             states = {job_id: (await store.get(job_id)).state for job_id in first_user}
             assert states[first_user[4]] is litejobs.JobState.CANCELLED
             assert query(db, "SELECT count(*) FROM litejobs_jobs WHERE parked = 1") == [(0,)]
@@ -5114,11 +5122,11 @@ def test_a_parked_job_whose_key_runs_nothing_is_let_through_by_housekeeping(db):
     async def main():
         async with litejobs.connect(db, clock=clock) as store:
             ids = await store.enqueue_many([PerUser(1) for _ in range(3)])
-            assert len(await claim(store, 10, ["per_user"])) == 2
+            assert len(await claim(store, 10, ["per_user"], limited=True)) == 2
             await by_hand(store, "UPDATE litejobs_jobs SET state = 'done' WHERE state = 'running'")
-            assert await claim(store, 10, ["per_user"]) == []
+            assert await claim(store, 10, ["per_user"], limited=True) == []
             await round_trip(store, housekeeping=True, names=["per_user"])
-            assert [job.id for job in await claim(store, 10, ["per_user"])] == [ids[2]]
+            assert [job.id for job in await claim(store, 10, ["per_user"], limited=True)] == [ids[2]]
 
     run(main())
 
@@ -5133,7 +5141,8 @@ def test_a_rate_limit_allows_n_starts_in_any_window_and_says_when_the_next_may_s
             await store.enqueue(Noop())
 
             async def take(n=10):
-                answer = await round_trip(store, wants={"default": n}, names=["noop", "throttled"], rates=rates)
+                answer = await round_trip(store, wants={"default": n}, names=["noop", "throttled"], rates=rates,
+                                           limited=True)
                 return [job.name for job in answer.claimed["default"]], answer.next_due
 
             assert await take() == (["throttled", "throttled", "throttled", "noop"], T0 + 10)
@@ -5198,7 +5207,7 @@ def test_a_limit_without_a_key_limits_the_name_and_schedules_and_exports_keep_ke
             await store.every(60, Report(), key="report")
             await round_trip(store, housekeeping=True, names=["limited_report"])  # the first tick
             await store.enqueue(Report())
-            taken = await claim(store, 10, ["limited_report"])
+            taken = await claim(store, 10, ["limited_report"], limited=True)
             assert len(taken) == 1 and taken[0].concurrency_key == "limited_report"
             assert query(db, "SELECT concurrency_key, concurrency_limit, parked FROM litejobs_jobs ORDER BY id") \
                 == [("limited_report", 1, 0), ("limited_report", 1, 1)]
@@ -5217,6 +5226,37 @@ def test_a_limit_without_a_key_limits_the_name_and_schedules_and_exports_keep_ke
     assert code == 1 and "line 2: concurrency_limit cannot be 0" in err
     assert _cli(capsys, "--db", target, "import", str(tmp_path / "jobs.jsonl"))[0] == 0
     assert query(target, "SELECT concurrency_key, concurrency_limit FROM litejobs_jobs") == [("limited_report", 1)]
+
+
+def test_a_worker_whose_class_lacks_the_limit_still_never_runs_a_limited_job_past_it(db):
+    @dataclass
+    class Described(litejobs.Job):  # the producer's class, with the limit
+        NAME = "mixed"
+        CONCURRENCY_LIMIT = 1
+
+    @dataclass
+    class Run(litejobs.Job):  # the worker's, without
+        NAME = "mixed"
+
+        async def run(self, state):
+            await asyncio.sleep(0.01)
+
+    async def main():
+        async with litejobs.connect(db, clock=FakeClock()) as store:
+            await store.enqueue_many([Described() for _ in range(3)])
+            answer = await round_trip(store, wants={"default": 10}, names=["mixed"])  # an unlimited claim
+            assert answer.claimed["default"] == [] and answer.parked == {"default": 3}
+            await round_trip(store, housekeeping=True, names=["mixed"])  # the key runs nothing: one let through
+            assert len(await claim(store, 10, ["mixed"], limited=True)) == 1
+        query(db, "UPDATE litejobs_jobs SET state = 'pending', parked = 0, attempts = 0, run_at = 0")
+        async with litejobs.connect(db) as store:
+            async with litejobs.Worker(store, [Run], poll_interval=0.01):
+                for job in await store.jobs():
+                    await wait_state(store, job.id, "done")
+        spans = query(db, "SELECT started_at, finished_at FROM litejobs_jobs ORDER BY started_at")
+        assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:], strict=False))  # one at a time
+
+    run(main())
 
 
 def test_jobs_waiting_for_a_slot_cost_an_idle_worker_no_round_trips(db):
