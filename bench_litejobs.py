@@ -306,9 +306,10 @@ class Tally:
 
 
 @contextlib.asynccontextmanager
-async def running(store: litejobs.Store, concurrency: int):
-    """A worker serving in the background; stopped (outcomes flushed) on the way out."""
-    worker = litejobs.Worker(store, [Noop, Stamped, Limited], concurrency=concurrency)
+async def running(store: litejobs.Store, concurrency: int, limits: bool = False):
+    """A worker serving in the background; stopped (outcomes flushed) on the way out.
+    With ``limits``, it runs Limited jobs too (and claims as a worker with limits does)."""
+    worker = litejobs.Worker(store, [Noop, Stamped, *([Limited] if limits else [])], concurrency=concurrency)
     task = asyncio.create_task(worker.run(handle_signals=False))
     try:
         yield task
@@ -603,12 +604,12 @@ async def araw_drain(path: str) -> float:
     return rate
 
 
-async def lj_drain(path: str, n: int, concurrency: int) -> float:
+async def lj_drain(path: str, n: int, concurrency: int, limits: bool = False) -> float:
     """From the worker's start until the store reports the n-th job done."""
     async with litejobs.connect(path) as store:
         tally = Tally(store, n)
         start = time.perf_counter()
-        async with running(store, concurrency) as worker:
+        async with running(store, concurrency, limits) as worker:
             await until(tally.finished, worker)
         return n / (tally.at[n] - start)
 
@@ -717,7 +718,7 @@ def group_limits(b: Bench, pending: Callable[[str, int], str] | None = None,
     s = interleave(p.runs, {
         "raw": lambda: raw_drain_on(pending("raw", n)),
         "none": lambda: asyncio.run(lj_drain(pending("litejobs", n), n, WORKER_CONCURRENCY)),
-        "half": lambda: asyncio.run(lj_drain(pending("litejobs-limited", n), n, WORKER_CONCURRENCY)),
+        "half": lambda: asyncio.run(lj_drain(pending("litejobs-limited", n), n, WORKER_CONCURRENCY, limits=True)),
     })
     prefix = "limits" if raw is None else "pg.limits"
     raw_vs = (raw_name, f"{prefix}.raw")

@@ -552,21 +552,21 @@ _SQL_ANY_RECURRING_DUE = "SELECT 1 FROM litejobs_recurring WHERE next_run <= ? L
 # The last tick's job has not started yet: a new tick would only wait beside it.
 _SQL_NOT_STARTED = "SELECT 1 FROM litejobs_jobs WHERE id = ? AND state = 'pending' AND attempts = 0"
 
-# A job of concurrency key ?1 ended (or a waiting one was cancelled): as
+# A job of concurrency key {key} ended (or a waiting one was cancelled): as
 # many of the key's parked jobs as it has free slots go back to the claim's
 # index, best first.  A released job that then finds its key full again
 # (another claim was quicker) is parked again, behind a running job whose
 # end releases it in turn.  {greatest} is max or greatest, as the store says.
-_SQL_RELEASE = """
-    UPDATE litejobs_jobs SET parked = 0 WHERE id IN (
+_LET_THROUGH = """
         SELECT id FROM litejobs_jobs
-         WHERE state = 'pending' AND parked = 1 AND concurrency_key = ?1
+         WHERE state = 'pending' AND parked = 1 AND concurrency_key = {key}
          ORDER BY priority DESC, run_at, id
          LIMIT {greatest}(0, coalesce(
             (SELECT concurrency_limit FROM litejobs_jobs
-              WHERE state = 'pending' AND parked = 1 AND concurrency_key = ?1
+              WHERE state = 'pending' AND parked = 1 AND concurrency_key = {key}
               ORDER BY priority DESC, run_at, id LIMIT 1)
-            - (SELECT count(*) FROM litejobs_jobs WHERE state = 'running' AND concurrency_key = ?1), 0)))"""
+            - (SELECT count(*) FROM litejobs_jobs WHERE state = 'running' AND concurrency_key = {key}), 0))"""
+_SQL_RELEASE = f"UPDATE litejobs_jobs SET parked = 0 WHERE id IN ({_LET_THROUGH.format(key='?1', greatest='max')})"
 
 _SQL_ANY_PARKED = "SELECT 1 FROM litejobs_jobs WHERE state = 'pending' AND parked = 1 LIMIT 1"
 
@@ -2481,11 +2481,10 @@ def _release(conn: Any, keys: Iterable[str]) -> int:
     again.  Returns how many were let through."""
     if not keys:
         return 0
-    postgres = _on_postgres(conn)
-    released = 0
-    for key in sorted(keys):
-        released += conn.execute(_SQL_RELEASE.format(greatest="greatest" if postgres else "max"), (key,)).rowcount
-    if released and postgres:  # the released jobs' workers may be on other hosts
+    if not _on_postgres(conn):
+        return sum(conn.execute(_SQL_RELEASE, (key,)).rowcount for key in sorted(keys))
+    released = conn.execute(_PG_RELEASE, (sorted(keys),)).rowcount
+    if released:  # the released jobs' workers may be on other hosts
         conn.notify()
     return released
 
@@ -3588,6 +3587,14 @@ _PG_RETRY_JOBS = """
                                    AND (%(queue)s::text IS NULL OR d.queue = %(queue)s)))))"""
 
 _PG_FIND_UNIQUE = _SQL_FIND_UNIQUE.replace("?", "%s")
+
+# _SQL_RELEASE for many keys in one statement: a round trip to the server
+# costs more than the statement.
+_PG_RELEASE = f"""
+    UPDATE litejobs_jobs AS j SET parked = 0
+      FROM unnest(%s::text[]) AS ended(key)
+     CROSS JOIN LATERAL ({_LET_THROUGH.format(key="ended.key", greatest="greatest")}) AS let_through
+     WHERE j.id = let_through.id"""
 
 # What an enqueue on a caller's own connection reads first: the server's
 # time, and the channel of the connection's schema.
