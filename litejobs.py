@@ -173,11 +173,14 @@ _JOB_CHECKS = {
     "backoff": ("backoff IN ('linear', 'exponential')", "'linear'"),
     "backoff_value": ("typeof(backoff_value) = 'real' AND backoff_value >= 0", "0.0"),
     "timeout_ms": ("typeof(timeout_ms) = 'integer' AND timeout_ms > 0", "1000"),
-    # Checked on its column, not the table: a column that a migration adds
-    # comes with its check that way, and new and migrated files must agree.
+    # Checked on their columns, not the table (see _ON_COLUMNS).
     "concurrency_limit": ("concurrency_limit IS NULL OR (typeof(concurrency_limit) = 'integer' "
                           "AND concurrency_limit >= 1)", "1"),
+    "parked": ("parked IN (0, 1)", "0"),
 }
+# Columns that a migration added carry their checks on the column: ALTER
+# TABLE can add them that way only, and new and migrated files must agree.
+_ON_COLUMNS = ("concurrency_limit", "parked")
 
 # The job indexes both stores make with the same words.
 _JOB_INDEXES = [
@@ -244,9 +247,9 @@ _DDL = [
         progress_note    TEXT,
         concurrency_key  TEXT,
         concurrency_limit INTEGER CHECK (""" + _JOB_CHECKS["concurrency_limit"][0] + """),
-        parked           INTEGER NOT NULL DEFAULT 0,
+        parked           INTEGER NOT NULL DEFAULT 0 CHECK (""" + _JOB_CHECKS["parked"][0] + """),
         """ + ",\n        ".join(f"CHECK ({check})" for column, (check, _) in _JOB_CHECKS.items()
-                                 if column != "concurrency_limit") + """
+                                 if column not in _ON_COLUMNS) + """
     )""",
     # The claim walks this index in exactly its ORDER BY, one job name at a
     # time (the rowid, which is the id, is the index's hidden last column):
@@ -334,7 +337,7 @@ _MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE litejobs_jobs ADD COLUMN concurrency_key TEXT",
         f"ALTER TABLE litejobs_jobs ADD COLUMN concurrency_limit INTEGER "
         f"CHECK ({_JOB_CHECKS['concurrency_limit'][0]})",
-        "ALTER TABLE litejobs_jobs ADD COLUMN parked INTEGER NOT NULL DEFAULT 0",
+        f"ALTER TABLE litejobs_jobs ADD COLUMN parked INTEGER NOT NULL DEFAULT 0 CHECK ({_JOB_CHECKS['parked'][0]})",
         "ALTER TABLE litejobs_recurring ADD COLUMN concurrency_key TEXT",
         "ALTER TABLE litejobs_recurring ADD COLUMN concurrency_limit INTEGER",
         "DROP INDEX IF EXISTS litejobs_jobs_claim_by_name",
@@ -380,7 +383,7 @@ _CLAIM_VERDICTS = """
                     ELSE (SELECT count(*) FROM litejobs_jobs AS r
                            WHERE r.state = 'running' AND r.concurrency_key = chosen.concurrency_key)
                          + row_number() OVER (PARTITION BY concurrency_key ORDER BY priority DESC, run_at, id)
-                         <= concurrency_limit END AS fits
+                         <= coalesce(concurrency_limit, 1) END AS fits
       FROM chosen"""
 
 # The verdicts of a worker none of whose classes has a limit, the common
@@ -437,7 +440,7 @@ def _sql_claim(plain: int, capped: int, limited: bool = True) -> str:
         arms = [arm(f"name IN ({', '.join(f'?{n}' for n in range(4, first_capped))})", ":limit")]
     else:
         arms = [arm(f"name = ?{n}", ":limit") for n in range(4, first_capped)]
-    arms += [arm(f"name = ?{n}", f"?{n + capped}") for n in range(first_capped, first_capped + capped)]
+    arms += [arm(f"name = ?{n}", f"min(:limit, ?{n + capped})") for n in range(first_capped, first_capped + capped)]
     if len(arms) == 1:
         choose = arms[0]
     else:
@@ -557,23 +560,26 @@ _SQL_NOT_STARTED = "SELECT 1 FROM litejobs_jobs WHERE id = ? AND state = 'pendin
 # index, best first.  A released job that then finds its key full again
 # (another claim was quicker) is parked again, behind a running job whose
 # end releases it in turn.  {greatest} is max or greatest, as the store says.
+# Jobs of paused queues are passed over: a slot given to one would go unused.
 _LET_THROUGH = """
-        SELECT id FROM litejobs_jobs
+        SELECT id FROM litejobs_jobs AS p
          WHERE state = 'pending' AND parked = 1 AND concurrency_key = {key}
+           AND NOT EXISTS (SELECT 1 FROM litejobs_queues AS q WHERE q.queue = p.queue AND q.paused = 1)
          ORDER BY priority DESC, run_at, id
          LIMIT {greatest}(0, coalesce(
-            (SELECT concurrency_limit FROM litejobs_jobs
+            (SELECT coalesce(concurrency_limit, 1) FROM litejobs_jobs
               WHERE state = 'pending' AND parked = 1 AND concurrency_key = {key}
               ORDER BY priority DESC, run_at, id LIMIT 1)
             - (SELECT count(*) FROM litejobs_jobs WHERE state = 'running' AND concurrency_key = {key}), 0))"""
 _SQL_RELEASE = f"UPDATE litejobs_jobs SET parked = 0 WHERE id IN ({_LET_THROUGH.format(key='?1', greatest='max')})"
 
-_SQL_ANY_PARKED = "SELECT 1 FROM litejobs_jobs WHERE state = 'pending' AND parked = 1 LIMIT 1"
-
-# The safety net under _SQL_RELEASE, run with housekeeping while any job is
-# parked: keys with parked jobs and none running (their last running job
-# ended some way that released nothing, such as a hand edit).  The keys are
-# walked in the parked index, one step per key, never row by row.
+# The safety net under _SQL_RELEASE, read with housekeeping: keys with
+# parked jobs and fewer running than their limit.  A key gets there when its
+# last running job ended some way that released nothing (a hand edit), when
+# a worker without limits parked its jobs, when its queue was resumed, or
+# when a release and a claim crossed on PostgreSQL.  The keys are walked in
+# the parked index, one step per key, never row by row; a key whose jobs
+# wait for a free slot has that many running, so there are few of them.
 _SQL_STRANDED_KEYS = """
     WITH RECURSIVE parked_keys(k) AS (
         SELECT min(concurrency_key) FROM litejobs_jobs WHERE state = 'pending' AND parked = 1
@@ -583,12 +589,20 @@ _SQL_STRANDED_KEYS = """
           FROM parked_keys WHERE k IS NOT NULL)
     SELECT k FROM parked_keys
      WHERE k IS NOT NULL
-       AND NOT EXISTS (SELECT 1 FROM litejobs_jobs WHERE state = 'running' AND concurrency_key = parked_keys.k)"""
+       AND (SELECT count(*) FROM litejobs_jobs WHERE state = 'running' AND concurrency_key = parked_keys.k)
+           < (SELECT coalesce(concurrency_limit, 1) FROM litejobs_jobs
+               WHERE state = 'pending' AND parked = 1 AND concurrency_key = parked_keys.k
+               ORDER BY priority DESC, run_at, id LIMIT 1)"""
 
-# Rate limits: the starts of a rate-limited name still inside its window,
-# latest first, after the older ones are forgotten.
+# Rate limits: the starts of a rate-limited name in its window.  Starts
+# older than the window are forgotten; starts "in the future" (the wall
+# clock stepped back) count as starting now, so a step stalls the name for
+# one window at most.
 _SQL_FORGET_STARTS = "DELETE FROM litejobs_starts WHERE name = ? AND started_at <= ?"
-_SQL_RECENT_STARTS = "SELECT started_at FROM litejobs_starts WHERE name = ? ORDER BY started_at DESC LIMIT ?"
+_SQL_CLAMP_STARTS = "UPDATE litejobs_starts SET started_at = ?2 WHERE name = ?1 AND started_at > ?2"
+_SQL_COUNT_STARTS = "SELECT count(*) FROM litejobs_starts WHERE name = ?"
+_SQL_NTH_LATEST_START = """
+    SELECT started_at FROM litejobs_starts WHERE name = ? ORDER BY started_at DESC LIMIT 1 OFFSET ?"""
 _SQL_RECORD_START = "INSERT INTO litejobs_starts (name, started_at) VALUES (?, ?)"
 
 
@@ -830,6 +844,9 @@ def _check_job_constants(cls: type[Job]) -> None:
     if key is not None and (not isinstance(key, str) or not key or not _is_storable(key)):
         raise JobDefinitionError(f"{where}: CONCURRENCY_KEY must be a non-empty str a database can store, "
                                  f"or None, got {key!r}")
+    if not callable(cls.concurrency_key):
+        raise JobDefinitionError(f"{where}: concurrency_key must be a method; for one key for the class, "
+                                 "write CONCURRENCY_KEY = '...'")
     if limit is None and (key is not None or "concurrency_key" in cls.__dict__):
         raise JobDefinitionError(f"{where}: a concurrency key needs CONCURRENCY_LIMIT = n, the number of "
                                  "jobs with one key that may run at once")
@@ -1152,9 +1169,11 @@ def new_job(
     key = None
     if cls.CONCURRENCY_LIMIT is not None:
         key = job.concurrency_key()
-        if key is not None and (not isinstance(key, str) or not key or not _is_storable(key)):
-            raise JobDefinitionError(f"{where}: concurrency_key() returned {key!r}, not None or a non-empty "
-                                     "str a database can store")
+        if key is not None and (not isinstance(key, str) or not key):
+            raise JobDefinitionError(f"{where}: concurrency_key() returned {key!r}, not None or a non-empty str")
+        if key is not None and not _is_storable(key):
+            raise SerializationError(f"{where}: concurrency_key() returned {key!r}, which is not text a database "
+                                     "can store (it holds a lone surrogate or a NUL character)")
     return NewJob(
         name=cls.NAME,
         queue=queue,
@@ -1773,8 +1792,10 @@ def _retry_jobs(conn: sqlite3.Connection, job_id: int | None, queue: str | None,
 def _cancel_job(conn: sqlite3.Connection, job_id: int, clock: Callable[[], float]) -> tuple[JobState, Event | None]:
     """Pending: cancelled at once (with its event).  Running: flagged for its
     worker to stop, which then records the cancellation."""
-    if _on_postgres(conn):
-        _pg_lock_limits(conn)  # the job may hold a free slot of its concurrency key: pass it on
+    key = conn.execute("SELECT concurrency_key FROM litejobs_jobs WHERE id = ? AND state = 'pending'",
+                       (job_id,)).fetchone()
+    if key and key[0] is not None and _on_postgres(conn):
+        _pg_lock_limits(conn)  # it may hold a free slot of its key, which it passes on
     row = conn.execute(
         """UPDATE litejobs_jobs SET state = 'cancelled', finished_at = ?, parked = 0
             WHERE id = ? AND state = 'pending' RETURNING name, queue, attempts, concurrency_key""",
@@ -2219,10 +2240,12 @@ def _check_exported(kind: str, body: dict[str, Any]) -> str | None:
     def seconds(value: Any) -> bool:
         return type(value) in (int, float) and _is_finite(value) and 0 <= value < _LATEST_DUE
 
-    for field in ("name", "queue", "payload", "key"):
+    for field in ("name", "queue", "payload", "key", "concurrency_key"):
         if field in body and not (isinstance(body[field], str) and body[field] and _is_storable(body[field])):
+            if field == "concurrency_key" and body[field] is None:
+                continue
             return f"{field} must be non-empty text a database can store, got {body[field]!r}"
-    for field in ("unique_key", "last_error", "concurrency_key"):
+    for field in ("unique_key", "last_error"):
         if body.get(field) is not None and not (isinstance(body[field], str) and _is_storable(body[field])):
             return f"{field} must be text a database can store, or null, got {body[field]!r}"
     try:
@@ -2352,10 +2375,11 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
     answer = _Exchange(clock(), 0 if postgres else conn.execute("PRAGMA data_version").fetchone()[0])
     if request.look_for_cancels:
         answer.cancels = conn.execute(_SQL_CANCEL_REQUESTED).fetchall()
-    recurring = prune = stranded = False
+    recurring = prune = False
+    stranded: list[str] = []  # concurrency keys with parked jobs and a free slot
     if request.housekeeping:
         answer.expired = [_Expiry(*row) for row in conn.execute(_SQL_EXPIRED, (answer.now,))]
-        stranded = conn.execute(_SQL_ANY_PARKED).fetchone() is not None
+        stranded = [key for key, in conn.execute(_SQL_STRANDED_KEYS)]
     if request.housekeeping or request.wants:  # a worker woken at a tick's time fires it then
         recurring = conn.execute(_SQL_ANY_RECURRING_DUE, (answer.now,)).fetchone() is not None
     if request.prune_before is not None:
@@ -2371,9 +2395,6 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
         # for the lock must not start with a deadline already gone by.
         now = answer.now = clock()
         answer.written, answer.claimed, answer.parked, answer.enqueued = [], {}, {}, []
-        if _on_postgres(conn) and (request.limited or request.reap or stranded
-                         or any(outcome.concurrency_key for outcome in request.outcomes)):
-            _pg_lock_limits(conn)
         conn.executemany(_SQL_RENEW_DEADLINE, [(now, job_id, lease, left) for job_id, lease, left in request.renew])
         conn.executemany(_SQL_PROGRESS, request.progress)
         todo = list(request.outcomes)
@@ -2411,9 +2432,11 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
                     finished[outcome.queue, state] = finished.get((outcome.queue, state), 0) + 1
         hour = int(now // 3600)
         conn.executemany(_SQL_COUNT_OUTCOME, [(q, s, hour, n) for (q, s), n in finished.items()])
+        # From here on slots are counted: on PostgreSQL, under the limits lock.
         ended_keys = {outcome.concurrency_key for outcome in answer.written if outcome.concurrency_key}
-        if stranded:
-            ended_keys.update(key for key, in conn.execute(_SQL_STRANDED_KEYS))
+        ended_keys.update(stranded)
+        if _on_postgres(conn) and (request.limited or ended_keys):
+            _pg_lock_limits(conn)
         answer.released = _release(conn, ended_keys)
         if recurring:
             answer.enqueued = _enqueue_recurring(conn, now)
@@ -2428,17 +2451,18 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
         if request.rates and request.wants:
             rated = [name for name in request.names if name in request.rates]
             plain = [name for name in request.names if name not in request.rates]
-        recent = {name: _recent_starts(conn, name, *request.rates[name], now) for name in rated}
-        caps = {name: max(0, request.rates[name][0] - len(recent[name])) for name in rated}
-        initial_caps = dict(caps)
-        for queue, limit in request.wants.items():
+        caps = {name: _starts_left(conn, name, *request.rates[name], now) for name in rated}
+        left_at_first = dict(caps)
+        for turn, (queue, limit) in enumerate(sorted(request.wants.items())):
+            # A window's starts are shared out among the queues claimed, so
+            # that no queue takes them all.
+            share = [-(-caps[name] // (len(request.wants) - turn)) for name in rated]
             if postgres:
                 found = conn.execute(_pg_claim(limit, bool(rated), request.limited), {
-                    "names": plain + rated, "caps": [limit] * len(plain) + [caps[name] for name in rated],
-                    "queue": queue, "now": now})
+                    "names": plain + rated, "caps": [limit] * len(plain) + share, "queue": queue, "now": now})
             else:
                 found = conn.execute(_sql_claim(len(plain), len(rated), request.limited),
-                                     (now, queue, limit, *plain, *rated, *(caps[name] for name in rated)))
+                                     (now, queue, limit, *plain, *rated, *share))
             claimed = []
             for job in map(_Claimed._make, found):
                 if job.parked:
@@ -2452,12 +2476,9 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
             answer.claimed[queue] = claimed
         answer.next_due = conn.execute(_SQL_NEXT_DUE, (now,)).fetchone()[0]
         for name in rated:
-            started = initial_caps[name] - caps[name]
-            conn.executemany(_SQL_RECORD_START, [(name, now)] * started)
-            if caps[name] == 0:  # no start left in the window: wake when its oldest start leaves it
-                window = sorted([*recent[name], *[now] * started], reverse=True)
-                answer.next_due = _earliest(answer.next_due,
-                                            window[request.rates[name][0] - 1] + request.rates[name][1])
+            wake = _record_starts(conn, name, *request.rates[name], left_at_first[name] - caps[name],
+                                  caps[name] == 0, now)
+            answer.next_due = _earliest(answer.next_due, wake)
 
     try:
         _with_retries(conn, write, write=True)
@@ -2469,11 +2490,24 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
     return answer
 
 
-def _recent_starts(conn: Any, name: str, n: int, seconds: float, now: float) -> list[float]:
-    """The latest starts (at most ``n``) of rate-limited ``name`` in the
-    window of ``seconds`` that ends now; older ones are forgotten."""
+def _starts_left(conn: Any, name: str, n: int, seconds: float, now: float) -> int:
+    """How many attempts of rate-limited ``name`` may start now: ``n`` less
+    those started in the window of ``seconds`` that ends now."""
     conn.execute(_SQL_FORGET_STARTS, (name, now - seconds))
-    return [started for started, in conn.execute(_SQL_RECENT_STARTS, (name, n))]
+    conn.execute(_SQL_CLAMP_STARTS, (name, now))
+    return max(0, n - conn.execute(_SQL_COUNT_STARTS, (name,)).fetchone()[0])
+
+
+def _record_starts(conn: Any, name: str, n: int, seconds: float, started: int, spent: bool,
+                   now: float) -> float | None:
+    """Record ``started`` starts of ``name`` at ``now``.  When the window is
+    ``spent``, the time its next start is allowed: when the n-th latest
+    start leaves it.  A worker sleeps until then, rather than polling."""
+    conn.executemany(_SQL_RECORD_START, [(name, now)] * started)
+    if not spent:
+        return None
+    row = conn.execute(_SQL_NTH_LATEST_START, (name, n - 1)).fetchone()
+    return None if row is None else row[0] + seconds
 
 
 def _release(conn: Any, keys: Iterable[str]) -> int:
@@ -2495,11 +2529,12 @@ def _pg_lock_limits(conn: _PgConnection) -> None:
     A claim counts a key's running jobs, or a name's recent starts, in its
     snapshot; on PostgreSQL two hosts' claims could both count a last free
     slot and both take it.  Every write that starts, parks or releases
-    limited jobs takes this lock first, in a statement of its own, so that
-    the counting statements that follow see every such write committed
-    before.  Workers with no limits never take it.
+    limited jobs takes this lock before it counts, in a statement of its
+    own, so that the counting statements that follow see every such write
+    committed before.  Workers with no limits never take it.  One lock per
+    schema: stores in other schemas of the database do not wait for it.
     """
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LIMITS_LOCK,))
+    conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (_PG_LIMITS_LOCK,))
 
 
 def _quarantine_broken_rows(conn: sqlite3.Connection, clock: Callable[[], float]) -> list[int]:
@@ -3416,14 +3451,14 @@ _PG_DDL = [
         progress_note    TEXT,
         concurrency_key  TEXT,
         concurrency_limit BIGINT CHECK (concurrency_limit >= 1),
-        parked           INTEGER NOT NULL DEFAULT 0
+        parked           INTEGER NOT NULL DEFAULT 0 CHECK (parked IN (0, 1))
     )""",
     # What versions 3 and 4 added to a table made by version 2.
     "ALTER TABLE litejobs_jobs ADD COLUMN IF NOT EXISTS progress DOUBLE PRECISION",
     "ALTER TABLE litejobs_jobs ADD COLUMN IF NOT EXISTS progress_note TEXT",
     "ALTER TABLE litejobs_jobs ADD COLUMN IF NOT EXISTS concurrency_key TEXT",
     "ALTER TABLE litejobs_jobs ADD COLUMN IF NOT EXISTS concurrency_limit BIGINT CHECK (concurrency_limit >= 1)",
-    "ALTER TABLE litejobs_jobs ADD COLUMN IF NOT EXISTS parked INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE litejobs_jobs ADD COLUMN IF NOT EXISTS parked INTEGER NOT NULL DEFAULT 0 CHECK (parked IN (0, 1))",
     "DROP INDEX IF EXISTS litejobs_jobs_claim_by_name",
     # The claim walks this index per job name, in its ORDER BY, and locks
     # only the rows it takes (see _pg_claim).
@@ -3605,7 +3640,7 @@ _PG_NOW_AND_CHANNEL = """
                                ELSE md5(current_schema()) END"""
 
 _PG_SCHEMA_LOCK = 0x6C6974656A6F6273  # "litejobs": an advisory lock while tables are made
-_PG_LIMITS_LOCK = _PG_SCHEMA_LOCK + 1  # held by writes that start, park or release limited jobs
+_PG_LIMITS_LOCK = 0x6C6A  # "lj": with the schema's hash, held by writes that start, park or release limited jobs
 
 
 def _on_postgres(conn: Any) -> TypeGuard[_PgConnection]:
@@ -3876,7 +3911,7 @@ def _open_pg_schema(conn: _PgConnection, path: str, synchronous: str, create: bo
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK,))
         for statement in _PG_DDL:
             conn.execute(statement)
-        # Every version so far only added tables and indexes, which the
+        # Every version so far added tables, indexes and columns, which the
         # DDL makes where they are missing.
         conn.execute("""INSERT INTO litejobs_meta (key, value) VALUES ('schema_version', %s)
                         ON CONFLICT (key) DO UPDATE SET value = excluded.value""", (str(_SCHEMA_VERSION),))
@@ -4057,7 +4092,7 @@ class _Attempt:
     """One claimed job running in this worker (slots: one is made per job)."""
 
     __slots__ = ("claimed", "job", "store", "started", "in_thread", "task", "timer", "settled", "stopping",
-                 "report")
+                 "report", "given_up")
 
     def __init__(self, claimed: _Claimed, job: Job, store: Store, in_thread: bool,
                  report: Callable[[_Attempt, float, str | None], None]) -> None:
@@ -4071,6 +4106,9 @@ class _Attempt:
         self.timer: _TimeoutGroup | None = None
         self.settled = False  # its outcome is decided and its slot free
         self.stopping = False  # a graceful stop hands it back unspent
+        # Timed out or cancelled while a job with a concurrency key: its
+        # outcome, written only once its code has really stopped.
+        self.given_up: _Outcome | None = None
 
     def context(self) -> JobContext:
         claimed = self.claimed
@@ -4139,6 +4177,13 @@ def _forget_signals(loop: asyncio.AbstractEventLoop, worker: Worker) -> None:
     if not workers and _signal_workers.pop(loop, None) is not None:
         for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)
+
+
+def _time_left(attempt: _Attempt, mono: float) -> float:
+    """Seconds until the attempt's deadline, as its row should say; an
+    attempt given up but still running gets a few more each time."""
+    left = attempt.timeout - (mono - attempt.started)
+    return left if attempt.given_up is None else max(left, 3 * _WATCHDOG_INTERVAL)
 
 
 class _Planner:
@@ -4217,8 +4262,13 @@ class _Planner:
         if not attempts:
             self.clock_offset = offset
         elif self.clock_offset is None or abs(offset - self.clock_offset) > _CLOCK_STEP:
-            request.renew = [(a.claimed.id, a.claimed.lease, a.timeout - (mono - a.started)) for a in attempts]
+            request.renew = [(a.claimed.id, a.claimed.lease, _time_left(a, mono)) for a in attempts]
             self.clock_offset = offset
+        elif housekeeping:
+            # Attempts given up whose code still runs keep their row, and
+            # their key's slot, until it stops: no watchdog may take them.
+            request.renew = [(a.claimed.id, a.claimed.lease, _time_left(a, mono))
+                             for a in attempts if a.given_up is not None]
         request.look_for_cancels = self.check_cancels and bool(attempts)
         self.check_cancels = False
         return request
@@ -4579,26 +4629,28 @@ class Worker:
         if span is None:
             if not attempt.in_thread:  # the common case, one coroutine frame fewer
                 return await job.run(self.state)
-            return await self._call_run_bare(job, attempt.in_thread)
+            return await self._call_run_bare(job, attempt.in_thread, attempt.claimed.concurrency_key is None)
         if hasattr(span, "__aenter__"):
             async with span:
-                return await self._call_run_bare(job, attempt.in_thread)
+                return await self._call_run_bare(job, attempt.in_thread, attempt.claimed.concurrency_key is None)
         with span:
-            return await self._call_run_bare(job, attempt.in_thread)
+            return await self._call_run_bare(job, attempt.in_thread, attempt.claimed.concurrency_key is None)
 
-    async def _call_run_bare(self, job: Job, in_thread: bool) -> Any:
+    async def _call_run_bare(self, job: Job, in_thread: bool, outlive: bool) -> Any:
         if not in_thread:
             return await job.run(self.state)
-        result = await self._run_in_thread(job.run, self.state)
+        # A job with a concurrency key holds its slot until its thread ends.
+        result = await self._run_in_thread(job.run, self.state, outlive=outlive)
         return await result if inspect.isawaitable(result) else result
 
     @staticmethod
-    async def _run_in_thread(fn: Callable, *args: Any) -> Any:
+    async def _run_in_thread(fn: Callable, *args: Any, outlive: bool = True) -> Any:
         """Run a plain ``def run`` in a thread of its own.
 
         Not a pool: a job stuck past its timeout keeps its thread, and in a
         pool it would hold up the jobs queued behind it.  The thread is a
-        daemon, so a stuck one never keeps the process from exiting.
+        daemon, so a stuck one never keeps the process from exiting.  When
+        cancelled, the task ends at once (``outlive``), or once the thread does.
         """
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -4616,7 +4668,13 @@ class Worker:
                 pass
 
         threading.Thread(target=target, name="litejobs-sync-job", daemon=True).start()
-        return await future
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if not outlive:
+                with contextlib.suppress(BaseException):
+                    await future
+            raise
 
     def _settle(self, attempt: _Attempt) -> bool:
         """Mark the attempt decided, once; frees its slot for the next claim."""
@@ -4634,6 +4692,9 @@ class Worker:
 
     def _finished(self, attempt: _Attempt, task: asyncio.Task) -> None:
         claimed = attempt.claimed
+        if attempt.given_up is not None and self._settle(attempt):
+            self._record(attempt.given_up)  # its code stopped at last: now its key's slot frees
+            return
         if not self._settle(attempt):
             if not task.cancelled() and task.exception() is not None:
                 logger.debug("job %s ended after its attempt was given up: %r", claimed.id, task.exception())
@@ -4673,23 +4734,33 @@ class Worker:
                 self._timed_out(attempt)
 
     def _timed_out(self, attempt: _Attempt) -> None:
-        if not self._settle(attempt):
-            return
         claimed = attempt.claimed
-        # Cancel, but do not wait: a job that swallows the cancellation must
-        # not hold its slot, nor keep the failure from being recorded.
-        attempt.task.cancel()
         error = f"TimeoutError: job {claimed.name!r} (id {claimed.id}) exceeded its timeout of {claimed.timeout_ms} ms"
-        logger.warning("%s", error)
-        self._record(_failure_outcome(claimed, error, "timeout", duration=time.monotonic() - attempt.started))
+        if self._stop_attempt(attempt, lambda: _failure_outcome(claimed, error, "timeout",
+                                                                duration=time.monotonic() - attempt.started)):
+            logger.warning("%s", error)
 
     def _cancel_attempt(self, attempt: _Attempt) -> None:
         """``cancel(id)`` was asked for a job running here: stop it, do not retry it."""
-        if not self._settle(attempt):
-            return
+        self._stop_attempt(attempt, lambda: attempt.claimed.outcome(
+            "cancelled", "cancellation", error="CancelledError: cancelled on request",
+            duration=time.monotonic() - attempt.started))
+
+    def _stop_attempt(self, attempt: _Attempt, outcome: Callable[[], _Outcome]) -> bool:
+        """Cancel the attempt and record ``outcome()``, without waiting: a job
+        that swallows the cancellation (or runs in a thread, which cannot be
+        stopped) must not hold its slot, nor keep its end from being recorded.
+        Unless it has a concurrency key: then its code still uses what the
+        limit protects, so its outcome waits until the code really stops, and
+        meanwhile the row stays running (its deadline renewed) and counted."""
+        if attempt.settled or attempt.given_up is not None:
+            return False
         attempt.task.cancel()
-        self._record(attempt.claimed.outcome("cancelled", "cancellation", error="CancelledError: cancelled on request",
-                                             duration=time.monotonic() - attempt.started))
+        if attempt.claimed.concurrency_key is not None and not attempt.task.done():
+            attempt.given_up = outcome()
+        elif self._settle(attempt):
+            self._record(outcome())
+        return True
 
     def _record(self, outcome: _Outcome) -> None:
         self._outcomes.append(outcome)

@@ -261,7 +261,7 @@ def store_answer(now, claimed=None, next_due=None, expired=(), written=()):
 def running_attempt(job_id, started, lease=1, timeout_ms=10_000):
     """An attempt the worker runs, as the planner sees it."""
     return SimpleNamespace(claimed=claimed_row(job_id, lease=lease, timeout_ms=timeout_ms),
-                           timeout=timeout_ms / 1000, started=started)
+                           timeout=timeout_ms / 1000, started=started, given_up=None)
 
 
 async def by_hand(store, statement, params=()):
@@ -5114,6 +5114,37 @@ def test_a_concurrency_key_runs_at_most_its_limit_and_the_rest_wait_parked_out_o
     run(main())
 
 
+def test_a_free_slot_goes_to_a_queue_that_can_use_it_and_a_resumed_queue_gets_its_turn(db):
+    @dataclass
+    class Crm(litejobs.Job):
+        NAME = "crm"
+        CONCURRENCY_LIMIT = 1
+        CONCURRENCY_KEY = "crm"
+        to: str = "urgent"
+
+        def queue(self):
+            return self.to
+
+    async def main():
+        async with litejobs.connect(db, clock=FakeClock()) as store:
+            first = await store.enqueue(Crm("urgent"))
+            bulk = [await store.enqueue(Crm("bulk"), priority=9) for _ in range(3)]
+            running = await claim(store, 1, ["crm"], "urgent", limited=True)
+            assert [job.id for job in running] == [first]
+            await round_trip(store, wants={"bulk": 10}, names=["crm"], limited=True)  # all three parked
+            await store.pause("bulk")
+            urgent = await store.enqueue(Crm("urgent"))
+            assert await claim(store, 1, ["crm"], "urgent", limited=True) == []  # parked too
+            await round_trip(store, outcomes=[success(running[0])])  # the slot goes past the paused queue
+            assert [job.id for job in await claim(store, 1, ["crm"], "urgent", limited=True)] == [urgent]
+            await round_trip(store, outcomes=[success(claimed_row(urgent, name="crm", queue="urgent"))])
+            await store.resume("bulk")  # nothing of the key runs: housekeeping lets the bulk jobs through
+            await round_trip(store, housekeeping=True, names=["crm"])
+            assert [job.id for job in await claim(store, 10, ["crm"], "bulk", limited=True)] == bulk[:1]
+
+    run(main())
+
+
 def test_a_parked_job_whose_key_runs_nothing_is_let_through_by_housekeeping(db):
     # A safety net: a running job ended some way that released nothing
     # (here a hand edit); housekeeping finds the key with nothing running.
@@ -5156,6 +5187,35 @@ def test_a_rate_limit_allows_n_starts_in_any_window_and_says_when_the_next_may_s
             assert await take() == (["throttled"], None)
             # Only the starts still in a window are kept.
             assert query(db, "SELECT count(*) FROM litejobs_starts") == [(1,)]
+            # A worker's own concurrency still bounds a claim of rate-limited jobs only.
+            clock.advance(10)
+            await store.enqueue_many([Throttled() for _ in range(3)])
+            answer = await round_trip(store, wants={"default": 2}, names=["throttled"], rates=rates, limited=True)
+            assert len(answer.claimed["default"]) == 2
+            assert await take() == (["throttled"], clock.now + 10)
+            # The wall clock steps back an hour: the name waits one window, not an hour.
+            clock.advance(-3600)
+            await store.enqueue(Throttled())
+            assert await take() == ([], clock.now + 10)
+            clock.advance(10)
+            assert await take() == (["throttled"], None)
+
+    run(main())
+
+
+def test_a_rate_limited_name_shares_its_window_among_the_queues_it_runs_in(db):
+    async def main():
+        async with litejobs.connect(db, clock=FakeClock()) as store:
+            for queue in ("bulk", "urgent"):
+                await store.enqueue_many([litejobs.new_job(Throttled(), queue=queue) for _ in range(5)])
+            for _ in range(2):  # whichever queue comes first
+                answer = await round_trip(store, wants={"urgent": 10, "bulk": 10}, names=["throttled"],
+                                          rates={"throttled": (4, 10.0)}, limited=True)
+                assert {queue: len(jobs) for queue, jobs in answer.claimed.items()} == {"bulk": 2, "urgent": 2}
+                for jobs in answer.claimed.values():
+                    await round_trip(store, outcomes=[success(job) for job in jobs])
+                by_hand_rows = await by_hand(store, "DELETE FROM litejobs_starts")
+                assert by_hand_rows == []
 
     run(main())
 
@@ -5167,6 +5227,8 @@ def test_limits_are_checked_where_they_are_written_and_bad_ones_store_nothing(db
         type("KeyOnly", (litejobs.Job,), {"NAME": "key_only", "CONCURRENCY_KEY": "api"})
     with pytest.raises(litejobs.JobDefinitionError, match="needs CONCURRENCY_LIMIT = n"):
         type("MethodOnly", (litejobs.Job,), {"NAME": "method_only", "concurrency_key": lambda self: "api"})
+    with pytest.raises(litejobs.JobDefinitionError, match="concurrency_key must be a method"):
+        type("Attribute", (litejobs.Job,), {"NAME": "attribute", "CONCURRENCY_LIMIT": 1, "concurrency_key": "x"})
     for rate in ((0, 1), (3, 0), (3,), [3, 1], (3, float("inf")), (2.5, 1)):
         with pytest.raises(litejobs.JobDefinitionError, match="RATE_LIMIT must be \\(n, seconds\\)"):
             type("Rated", (litejobs.Job,), {"NAME": "rated", "RATE_LIMIT": rate})
@@ -5179,11 +5241,18 @@ def test_limits_are_checked_where_they_are_written_and_bad_ones_store_nothing(db
         def concurrency_key(self):
             return 42
 
+    @dataclass
+    class NulKey(BadKey):
+        def concurrency_key(self):
+            return "user\x00"
+
     async def main():
         async with litejobs.connect(db) as store:
             kept = await store.enqueue(PerUser(3))
             with pytest.raises(litejobs.JobDefinitionError, match="concurrency_key\\(\\) returned 42"):
                 await store.enqueue_many([PerUser(4), BadKey()])
+            with pytest.raises(litejobs.SerializationError, match="not text a database can store"):
+                await store.enqueue(NulKey())
             assert [job.id for job in await store.jobs()] == [kept]
             assert (await store.get(kept)).payload == {"user": 3}
 
@@ -5289,6 +5358,39 @@ def test_jobs_waiting_for_a_slot_cost_an_idle_worker_no_round_trips(db):
         started = [row[0] for row in query(db, "SELECT started_at FROM litejobs_jobs ORDER BY started_at")]
         finished = [row[0] for row in query(db, "SELECT finished_at FROM litejobs_jobs ORDER BY started_at")]
         assert all(end <= start for end, start in zip(finished, started[1:], strict=False))  # one at a time
+
+    run(main())
+
+
+def test_a_limited_job_that_overruns_its_timeout_holds_its_slot_until_its_code_stops(db):
+    release = threading.Event()
+    ran = []
+
+    @dataclass
+    class Stuck(litejobs.Job):
+        NAME = "stuck"
+        CONCURRENCY_LIMIT = 1
+        TIMEOUT = 50
+        MAX_RETRIES = litejobs.Count(0)
+        n: int = 0
+
+        def run(self, state):  # a thread: its timeout cannot stop it
+            ran.append(self.n)
+            if self.n == 0:
+                release.wait(30)
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            first, second = await store.enqueue_many([Stuck(0), Stuck(1)])
+            async with litejobs.Worker(store, [Stuck], poll_interval=0.01):
+                await wait_until(lambda: _true_when(ran == [0]), "the first job to start")
+                await asyncio.sleep(0.5)  # ten timeouts, and housekeeping, go by
+                assert ran == [0] and (await store.get(first)).state == "running"  # still counted
+                assert (await store.get(second)).state == "pending"
+                release.set()
+                assert "exceeded its timeout" in (await wait_state(store, first, "dead")).last_error
+                await wait_state(store, second, "done")
+            assert ran == [0, 1]
 
     run(main())
 
