@@ -578,8 +578,8 @@ _SQL_RELEASE = f"UPDATE litejobs_jobs SET parked = 0 WHERE id IN ({_LET_THROUGH.
 # last running job ended some way that released nothing (a hand edit), when
 # a worker without limits parked its jobs, when its queue was resumed, or
 # when a release and a claim crossed on PostgreSQL.  The keys are walked in
-# the parked index, one step per key, never row by row; a key whose jobs
-# wait for a free slot has that many running, so there are few of them.
+# the parked index, one step per key, never row by row (a key's parked
+# jobs in paused queues excepted: it passes over them).
 _SQL_STRANDED_KEYS = """
     WITH RECURSIVE parked_keys(k) AS (
         SELECT min(concurrency_key) FROM litejobs_jobs WHERE state = 'pending' AND parked = 1
@@ -590,8 +590,9 @@ _SQL_STRANDED_KEYS = """
     SELECT k FROM parked_keys
      WHERE k IS NOT NULL
        AND (SELECT count(*) FROM litejobs_jobs WHERE state = 'running' AND concurrency_key = parked_keys.k)
-           < (SELECT coalesce(concurrency_limit, 1) FROM litejobs_jobs
+           < (SELECT coalesce(concurrency_limit, 1) FROM litejobs_jobs AS p
                WHERE state = 'pending' AND parked = 1 AND concurrency_key = parked_keys.k
+                 AND NOT EXISTS (SELECT 1 FROM litejobs_queues AS q WHERE q.queue = p.queue AND q.paused = 1)
                ORDER BY priority DESC, run_at, id LIMIT 1)"""
 
 # Rate limits: the starts of a rate-limited name in its window.  Starts
@@ -2453,6 +2454,7 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
             plain = [name for name in request.names if name not in request.rates]
         caps = {name: _starts_left(conn, name, *request.rates[name], now) for name in rated}
         left_at_first = dict(caps)
+        cut_short = False
         for turn, (queue, limit) in enumerate(sorted(request.wants.items())):
             # A window's starts are shared out among the queues claimed, so
             # that no queue takes them all.
@@ -2471,10 +2473,18 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
                 claimed.append(job)
                 if job.name in caps:
                     caps[job.name] -= 1
+            for name, allowed in zip(rated, share, strict=True):
+                taken = sum(job.name == name for job in claimed)
+                if 0 < allowed == taken < limit and caps[name]:
+                    # Its share ran out, not the window: there may be more
+                    # to start here at once, which the planner must not forget.
+                    cut_short = True
             # RETURNING gives rows in no promised order: restore the claim's.
             claimed.sort(key=lambda job: (-job.priority, job.run_at, job.id))
             answer.claimed[queue] = claimed
         answer.next_due = conn.execute(_SQL_NEXT_DUE, (now,)).fetchone()[0]
+        if cut_short:
+            answer.next_due = now
         for name in rated:
             wake = _record_starts(conn, name, *request.rates[name], left_at_first[name] - caps[name],
                                   caps[name] == 0, now)
@@ -4668,12 +4678,13 @@ class Worker:
                 pass
 
         threading.Thread(target=target, name="litejobs-sync-job", daemon=True).start()
+        if outlive:
+            return await future
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            if not outlive:
-                with contextlib.suppress(BaseException):
-                    await future
+            with contextlib.suppress(BaseException):
+                await future  # until the thread ends (a second cancel, a forced stop, ends this wait)
             raise
 
     def _settle(self, attempt: _Attempt) -> bool:
@@ -4752,11 +4763,13 @@ class Worker:
         stopped) must not hold its slot, nor keep its end from being recorded.
         Unless it has a concurrency key: then its code still uses what the
         limit protects, so its outcome waits until the code really stops, and
-        meanwhile the row stays running (its deadline renewed) and counted."""
+        meanwhile the row stays running (its deadline renewed) and counted,
+        and it keeps its slot in this worker too.  Not while the worker stops:
+        a stop waits for no job past its TIMEOUT."""
         if attempt.settled or attempt.given_up is not None:
             return False
         attempt.task.cancel()
-        if attempt.claimed.concurrency_key is not None and not attempt.task.done():
+        if attempt.claimed.concurrency_key is not None and not attempt.task.done() and not self._planner.stopping:
             attempt.given_up = outcome()
         elif self._settle(attempt):
             self._record(outcome())
@@ -4774,6 +4787,9 @@ class Worker:
         be stopped, and handing the job back could run it twice.  Its TIMEOUT
         still bounds it, so the stop still ends.
         """
+        for attempt in list(self._attempts):  # given up (past TIMEOUT) already: done waiting for them
+            if attempt.given_up is not None and self._settle(attempt):
+                self._record(attempt.given_up)
         if threads_too:
             attempts, threads = list(self._attempts), []
         else:
@@ -4819,7 +4835,7 @@ class Worker:
             attempt.stopping = True
             attempt.task.cancel()
             if self._settle(attempt):
-                self._record(attempt.claimed.outcome("pending", "requeue", uncount=1))
+                self._record(attempt.given_up or attempt.claimed.outcome("pending", "requeue", uncount=1))
         outcomes, self._outcomes = self._outcomes, []
         if outcomes:
             try:

@@ -5216,6 +5216,14 @@ def test_a_rate_limited_name_shares_its_window_among_the_queues_it_runs_in(db):
                     await round_trip(store, outcomes=[success(job) for job in jobs])
                 by_hand_rows = await by_hand(store, "DELETE FROM litejobs_starts")
                 assert by_hand_rows == []
+            # A queue that used its share while the window has starts left is asked again at once.
+            answer = await round_trip(store, wants={"urgent": 10, "bulk": 10}, names=["throttled"],
+                                      rates={"throttled": (4, 10.0)}, limited=True)
+            assert {queue: len(jobs) for queue, jobs in answer.claimed.items()} == {"bulk": 1, "urgent": 1}
+            await store.enqueue_many([litejobs.new_job(Throttled(), queue="bulk") for _ in range(5)])
+            answer = await round_trip(store, wants={"urgent": 10, "bulk": 10}, names=["throttled"],
+                                      rates={"throttled": (4, 10.0)}, limited=True)
+            assert len(answer.claimed["bulk"]) == 1 and answer.next_due == answer.now
 
     run(main())
 
@@ -5391,6 +5399,35 @@ def test_a_limited_job_that_overruns_its_timeout_holds_its_slot_until_its_code_s
                 assert "exceeded its timeout" in (await wait_state(store, first, "dead")).last_error
                 await wait_state(store, second, "done")
             assert ran == [0, 1]
+
+    run(main())
+
+
+def test_a_stop_does_not_wait_for_a_limited_job_past_its_timeout_and_keeps_its_failure(db):
+    release = threading.Event()
+
+    @dataclass
+    class Stuck(litejobs.Job):
+        NAME = "stuck_forever"
+        CONCURRENCY_LIMIT = 1
+        TIMEOUT = 50
+        MAX_RETRIES = litejobs.Count(0)
+
+        def run(self, state):
+            release.wait(30)
+
+    async def main():
+        async with litejobs.connect(db) as store:
+            job_id = await store.enqueue(Stuck())
+            worker = litejobs.Worker(store, [Stuck], poll_interval=0.01, shutdown_timeout=0.2)
+            task = asyncio.create_task(worker.run(handle_signals=False))
+            await wait_state(store, job_id, "running")
+            await asyncio.sleep(0.3)  # past its TIMEOUT: given up, still running
+            worker.stop()
+            await asyncio.wait_for(task, 10)  # a guard against a hang, never a measure
+            info = await store.get(job_id)
+            assert info.state == "dead" and "exceeded its timeout" in info.last_error  # not handed back
+        release.set()
 
     run(main())
 
