@@ -4725,6 +4725,58 @@ def test_a_paused_queue_claims_nothing_anywhere_until_resumed_and_running_jobs_f
         litejobs.connect_sync(db).pause("")
 
 
+PAUSE_WORKER = """
+import asyncio, sys
+from dataclasses import dataclass
+sys.path.insert(0, {here!r})
+import litejobs
+
+@dataclass
+class Mark(litejobs.Job):
+    NAME = "mark"
+    to: str = "default"
+
+    def queue(self):
+        return self.to
+
+    async def run(self, state):
+        return self.to
+
+async def main():
+    async with litejobs.connect({db!r}) as store:
+        await litejobs.Worker(store, [Mark], queues=["default", "urgent"], poll_interval=0.01).run()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_in_another_process_sees_a_pause_and_a_resume(tmp_path, capsys, db):
+    script = tmp_path / "pause_worker.py"
+    script.write_text(PAUSE_WORKER.format(here=HERE, db=db))
+    exec(compile(PAUSE_WORKER.split("async def main")[0].format(here=HERE, db=db), "jobs", "exec"), jobs := {})
+    Mark = jobs["Mark"]
+    worker = subprocess.Popen([sys.executable, str(script)])
+    try:
+        async def main():
+            async with litejobs.connect(db) as store:
+                assert await store.wait(await store.enqueue(Mark()), timeout=30) == "default"  # it serves
+                assert _cli(capsys, "--db", db, "pause", "default")[0] == 0
+                held = await store.enqueue(Mark())
+                # The worker claims in every queue it serves each time it looks:
+                # once the urgent job is done, it has looked since the pause.
+                for _ in range(3):
+                    assert await store.wait(await store.enqueue(Mark("urgent")), timeout=30) == "urgent"
+                assert (await store.get(held)).state == "pending"
+                assert _cli(capsys, "--db", db, "resume", "default")[0] == 0
+                assert await store.wait(held, timeout=30) == "default"
+
+        run(main())
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+
+
 # -- progress ------------------------------------------------------------------------
 
 
