@@ -2929,6 +2929,47 @@ def test_recurring_ticks_enqueued_exactly_once_across_three_processes(tmp_path, 
     assert steps.count(1.0) >= len(steps) - 1
 
 
+CRON_WORKER = """
+import asyncio, sys, time
+sys.path.insert(0, {here!r})
+import litejobs
+from dataclasses import dataclass
+
+@dataclass
+class Tick(litejobs.Job):
+    NAME = "tick"
+    async def run(self, state):
+        pass
+
+def clock():  # a minute goes by every second, the same minute in every process
+    return {start!r} + (time.time() - {base!r}) * 60
+
+async def main():
+    async with litejobs.connect({db!r}, clock=clock) as store:
+        await store.every("* * * * *", Tick(), key="every minute")
+        await litejobs.Worker(store, [Tick], poll_interval=0.01).run()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+def test_cron_ticks_fire_once_per_matching_minute_across_three_processes(tmp_path, db):
+    script = tmp_path / "cron.py"
+    script.write_text(CRON_WORKER.format(here=HERE, db=db, start=T0, base=time.time()))
+    processes = [subprocess.Popen([sys.executable, str(script)]) for _ in range(3)]
+    try:
+        time.sleep(4.5)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            assert process.wait(timeout=30) == 0
+    ticks = [row[0] for row in query(db, "SELECT run_at FROM litejobs_jobs ORDER BY run_at")]
+    assert len(ticks) >= 2 and len(set(ticks)) == len(ticks)  # never two jobs for one minute
+    assert all((tick - T0) % 60 == 0 for tick in ticks), ticks  # each on a matching minute
+
+
 @dataclass
 class Report(litejobs.Job):
     NAME = "report"
