@@ -555,32 +555,42 @@ _SQL_ANY_RECURRING_DUE = "SELECT 1 FROM litejobs_recurring WHERE next_run <= ? L
 # The last tick's job has not started yet: a new tick would only wait beside it.
 _SQL_NOT_STARTED = "SELECT 1 FROM litejobs_jobs WHERE id = ? AND state = 'pending' AND attempts = 0"
 
-# A job of concurrency key {key} ended (or a waiting one was cancelled): as
-# many of the key's parked jobs as it has free slots go back to the claim's
-# index, best first.  A released job that then finds its key full again
-# (another claim was quicker) is parked again, behind a running job whose
-# end releases it in turn.  {greatest} is max or greatest, as the store says.
-# Jobs of paused queues are passed over: a slot given to one would go unused.
-_LET_THROUGH = """
+# The parked jobs of concurrency key {key} that a free slot may go to: not
+# those of paused queues (a slot given to one would go unused), best first.
+_LETTABLE = """
         SELECT id FROM litejobs_jobs AS p
          WHERE state = 'pending' AND parked = 1 AND concurrency_key = {key}
            AND NOT EXISTS (SELECT 1 FROM litejobs_queues AS q WHERE q.queue = p.queue AND q.paused = 1)
-         ORDER BY priority DESC, run_at, id
-         LIMIT {greatest}(0, coalesce(
-            (SELECT coalesce(concurrency_limit, 1) FROM litejobs_jobs
-              WHERE state = 'pending' AND parked = 1 AND concurrency_key = {key}
-              ORDER BY priority DESC, run_at, id LIMIT 1)
-            - (SELECT count(*) FROM litejobs_jobs WHERE state = 'running' AND concurrency_key = {key}), 0))"""
-_SQL_RELEASE = f"UPDATE litejobs_jobs SET parked = 0 WHERE id IN ({_LET_THROUGH.format(key='?1', greatest='max')})"
+         ORDER BY priority DESC, run_at, id"""
+
+# How many slots key {key} has free (NULL: no job to give one to), by the
+# limit of the job it would go to first.
+_FREE_SLOTS = """
+        ((SELECT coalesce(concurrency_limit, 1) FROM litejobs_jobs WHERE id = ({lettable} LIMIT 1))
+         - (SELECT count(*) FROM litejobs_jobs WHERE state = 'running' AND concurrency_key = {key}))"""
+
+
+def _let_through(key: str, greatest: str) -> str:
+    """A job of concurrency ``key`` (an SQL expression) ended, or a waiting
+    one was cancelled: as many of the key's parked jobs as it has free
+    slots go back to the claim's index.  A released job that then finds its
+    key full again (another claim was quicker) is parked again, behind a
+    running job whose end releases it in turn.  ``greatest`` is max or
+    greatest, as the store says."""
+    lettable = _LETTABLE.format(key=key)
+    return f"{lettable} LIMIT {greatest}(0, coalesce({_FREE_SLOTS.format(key=key, lettable=lettable)}, 0))"
+
+
+_SQL_RELEASE = f"UPDATE litejobs_jobs SET parked = 0 WHERE id IN ({_let_through('?1', 'max')})"
 
 # The safety net under _SQL_RELEASE, read with housekeeping: keys with
-# parked jobs and fewer running than their limit.  A key gets there when its
-# last running job ended some way that released nothing (a hand edit), when
-# a worker without limits parked its jobs, when its queue was resumed, or
-# when a release and a claim crossed on PostgreSQL.  The keys are walked in
-# the parked index, one step per key, never row by row (a key's parked
-# jobs in paused queues excepted: it passes over them).
-_SQL_STRANDED_KEYS = """
+# parked jobs and a free slot.  A key gets there when its last running job
+# ended some way that released nothing (a hand edit), when a worker without
+# limits parked its jobs, when its queue was resumed, or when a release and
+# a claim crossed on PostgreSQL.  The keys are walked in the parked index,
+# one step per key, never row by row (a key's parked jobs in paused queues
+# excepted: it passes over them).
+_SQL_STRANDED_KEYS = f"""
     WITH RECURSIVE parked_keys(k) AS (
         SELECT min(concurrency_key) FROM litejobs_jobs WHERE state = 'pending' AND parked = 1
         UNION ALL
@@ -589,11 +599,7 @@ _SQL_STRANDED_KEYS = """
           FROM parked_keys WHERE k IS NOT NULL)
     SELECT k FROM parked_keys
      WHERE k IS NOT NULL
-       AND (SELECT count(*) FROM litejobs_jobs WHERE state = 'running' AND concurrency_key = parked_keys.k)
-           < (SELECT coalesce(concurrency_limit, 1) FROM litejobs_jobs AS p
-               WHERE state = 'pending' AND parked = 1 AND concurrency_key = parked_keys.k
-                 AND NOT EXISTS (SELECT 1 FROM litejobs_queues AS q WHERE q.queue = p.queue AND q.paused = 1)
-               ORDER BY priority DESC, run_at, id LIMIT 1)"""
+       AND {_FREE_SLOTS.format(key="parked_keys.k", lettable=_LETTABLE.format(key="parked_keys.k"))} > 0"""
 
 # Rate limits: the starts of a rate-limited name in its window.  Starts
 # older than the window are forgotten; starts "in the future" (the wall
@@ -2448,47 +2454,8 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
             _compact_counts(conn, now)
         if _on_postgres(conn) and (answer.enqueued or any(outcome.state == "pending" for outcome in answer.written)):
             conn.notify()  # retries and ticks: other hosts' workers learn when they fall due
-        plain, rated = list(request.names), []
-        if request.rates and request.wants:
-            rated = [name for name in request.names if name in request.rates]
-            plain = [name for name in request.names if name not in request.rates]
-        caps = {name: _starts_left(conn, name, *request.rates[name], now) for name in rated}
-        left_at_first = dict(caps)
-        cut_short = False
-        for turn, (queue, limit) in enumerate(sorted(request.wants.items())):
-            # A window's starts are shared out among the queues claimed, so
-            # that no queue takes them all.
-            share = [-(-caps[name] // (len(request.wants) - turn)) for name in rated]
-            if postgres:
-                found = conn.execute(_pg_claim(limit, bool(rated), request.limited), {
-                    "names": plain + rated, "caps": [limit] * len(plain) + share, "queue": queue, "now": now})
-            else:
-                found = conn.execute(_sql_claim(len(plain), len(rated), request.limited),
-                                     (now, queue, limit, *plain, *rated, *share))
-            claimed = []
-            for job in map(_Claimed._make, found):
-                if job.parked:
-                    answer.parked[queue] = answer.parked.get(queue, 0) + 1
-                    continue
-                claimed.append(job)
-                if job.name in caps:
-                    caps[job.name] -= 1
-            for name, allowed in zip(rated, share, strict=True):
-                taken = sum(job.name == name for job in claimed)
-                if 0 < allowed == taken < limit and caps[name]:
-                    # Its share ran out, not the window: there may be more
-                    # to start here at once, which the planner must not forget.
-                    cut_short = True
-            # RETURNING gives rows in no promised order: restore the claim's.
-            claimed.sort(key=lambda job: (-job.priority, job.run_at, job.id))
-            answer.claimed[queue] = claimed
-        answer.next_due = conn.execute(_SQL_NEXT_DUE, (now,)).fetchone()[0]
-        if cut_short:
-            answer.next_due = now
-        for name in rated:
-            wake = _record_starts(conn, name, *request.rates[name], left_at_first[name] - caps[name],
-                                  caps[name] == 0, now)
-            answer.next_due = _earliest(answer.next_due, wake)
+        wake = _claim(conn, request, answer, now)
+        answer.next_due = _earliest(conn.execute(_SQL_NEXT_DUE, (now,)).fetchone()[0], wake)
 
     try:
         _with_retries(conn, write, write=True)
@@ -2498,6 +2465,53 @@ def _exchange(conn: sqlite3.Connection, request: _Request, clock: Callable[[], f
         _with_retries(conn, write, write=True)
     request.answer = answer
     return answer
+
+
+def _claim(conn: Any, request: _Request, answer: _Exchange, now: float) -> float | None:
+    """Claim in every queue the request wants, inside the round trip's
+    transaction: into ``answer.claimed`` (and ``answer.parked``).  Returns
+    when to claim again because of a rate limit, if that is sooner than any
+    due time: now, when a queue's share of a window ran out with starts left,
+    or when a spent window lets the next start through."""
+    postgres = _on_postgres(conn)
+    plain, rated = list(request.names), []
+    if request.rates and request.wants:
+        rated = [name for name in request.names if name in request.rates]
+        plain = [name for name in request.names if name not in request.rates]
+    caps = {name: _starts_left(conn, name, *request.rates[name], now) for name in rated}
+    left_at_first = dict(caps)
+    wake = None
+    for turn, (queue, limit) in enumerate(sorted(request.wants.items())):
+        # A window's starts are shared out among the queues claimed, so
+        # that no queue takes them all.
+        share = [-(-caps[name] // (len(request.wants) - turn)) for name in rated]
+        if postgres:
+            found = conn.execute(_pg_claim(limit, bool(rated), request.limited), {
+                "names": plain + rated, "caps": [limit] * len(plain) + share, "queue": queue, "now": now})
+        else:
+            found = conn.execute(_sql_claim(len(plain), len(rated), request.limited),
+                                 (now, queue, limit, *plain, *rated, *share))
+        claimed = []
+        for job in map(_Claimed._make, found):
+            if job.parked:
+                answer.parked[queue] = answer.parked.get(queue, 0) + 1
+                continue
+            claimed.append(job)
+            if job.name in caps:
+                caps[job.name] -= 1
+        for name, allowed in zip(rated, share, strict=True):
+            taken = sum(job.name == name for job in claimed)
+            if 0 < allowed == taken < limit and caps[name]:
+                # Its share ran out, not the window: there may be more to
+                # start here at once, which the planner must not forget.
+                wake = now
+        # RETURNING gives rows in no promised order: restore the claim's.
+        claimed.sort(key=lambda job: (-job.priority, job.run_at, job.id))
+        answer.claimed[queue] = claimed
+    for name in rated:
+        wake = _earliest(wake, _record_starts(conn, name, *request.rates[name], left_at_first[name] - caps[name],
+                                              caps[name] == 0, now))
+    return wake
 
 
 def _starts_left(conn: Any, name: str, n: int, seconds: float, now: float) -> int:
@@ -3638,7 +3652,7 @@ _PG_FIND_UNIQUE = _SQL_FIND_UNIQUE.replace("?", "%s")
 _PG_RELEASE = f"""
     UPDATE litejobs_jobs AS j SET parked = 0
       FROM unnest(%s::text[]) AS ended(key)
-     CROSS JOIN LATERAL ({_LET_THROUGH.format(key="ended.key", greatest="greatest")}) AS let_through
+     CROSS JOIN LATERAL ({_let_through("ended.key", "greatest")}) AS let_through
      WHERE j.id = let_through.id"""
 
 # What an enqueue on a caller's own connection reads first: the server's
@@ -4639,18 +4653,19 @@ class Worker:
         if span is None:
             if not attempt.in_thread:  # the common case, one coroutine frame fewer
                 return await job.run(self.state)
-            return await self._call_run_bare(job, attempt.in_thread, attempt.claimed.concurrency_key is None)
+            return await self._call_run_bare(attempt)
         if hasattr(span, "__aenter__"):
             async with span:
-                return await self._call_run_bare(job, attempt.in_thread, attempt.claimed.concurrency_key is None)
+                return await self._call_run_bare(attempt)
         with span:
-            return await self._call_run_bare(job, attempt.in_thread, attempt.claimed.concurrency_key is None)
+            return await self._call_run_bare(attempt)
 
-    async def _call_run_bare(self, job: Job, in_thread: bool, outlive: bool) -> Any:
-        if not in_thread:
-            return await job.run(self.state)
+    async def _call_run_bare(self, attempt: _Attempt) -> Any:
+        if not attempt.in_thread:
+            return await attempt.job.run(self.state)
         # A job with a concurrency key holds its slot until its thread ends.
-        result = await self._run_in_thread(job.run, self.state, outlive=outlive)
+        result = await self._run_in_thread(attempt.job.run, self.state,
+                                           outlive=attempt.claimed.concurrency_key is None)
         return await result if inspect.isawaitable(result) else result
 
     @staticmethod

@@ -2887,31 +2887,27 @@ def test_ticks_coalesce_while_only_workers_of_other_jobs_are_up(db):
     run(main())
 
 
-RECURRING_WORKER = """
-import asyncio, sys
-sys.path.insert(0, {here!r})
-import litejobs
-from dataclasses import dataclass
-
+TICK_JOBS = """
 @dataclass
 class Tick(litejobs.Job):
     NAME = "tick"
     async def run(self, state):
         pass
 
-async def main():
-    async with litejobs.connect({db!r}) as store:
-        await store.every(1, Tick())
-        await litejobs.Worker(store, [Tick], poll_interval=0.01).run()
-
-asyncio.run(main())
+def clock():  # {speed} seconds go by every second, the same in every process
+    return {start!r} + (time.time() - {base!r}) * {speed!r}
 """
 
 
-@pytest.mark.slow
-def test_recurring_ticks_enqueued_exactly_once_across_three_processes(tmp_path, db):
+def _ticks_of_three_processes(tmp_path, db, schedule, speed=1):
+    """Three worker processes each declare ``schedule`` and serve it for
+    4.5 s, on one clock running ``speed`` times as fast as the real one;
+    the due times of the jobs its ticks enqueued."""
+    now = time.time()
     script = tmp_path / "recurring.py"
-    script.write_text(RECURRING_WORKER.format(here=HERE, db=db))
+    script.write_text(worker_script(TICK_JOBS, "Tick", connect=", clock=clock",
+                                    setup=f"await store.every({schedule!r}, Tick(), key='tick')").format(
+        here=HERE, db=db, start=T0 if speed != 1 else now, base=now, speed=speed))
     processes = [subprocess.Popen([sys.executable, str(script)]) for _ in range(3)]
     try:
         time.sleep(4.5)
@@ -2920,7 +2916,12 @@ def test_recurring_ticks_enqueued_exactly_once_across_three_processes(tmp_path, 
             process.send_signal(signal.SIGTERM)
         for process in processes:
             assert process.wait(timeout=30) == 0
-    ticks = [row[0] for row in query(db, "SELECT run_at FROM litejobs_jobs ORDER BY run_at")]
+    return [row[0] for row in query(db, "SELECT run_at FROM litejobs_jobs ORDER BY run_at")]
+
+
+@pytest.mark.slow
+def test_recurring_ticks_enqueued_exactly_once_across_three_processes(tmp_path, db):
+    ticks = _ticks_of_three_processes(tmp_path, db, 1)
     assert len(ticks) >= 3
     steps = [round(b - a, 6) for a, b in zip(ticks, ticks[1:], strict=False)]
     # One job per tick: never two for one tick.  (A worker stalled past a
@@ -2929,43 +2930,9 @@ def test_recurring_ticks_enqueued_exactly_once_across_three_processes(tmp_path, 
     assert steps.count(1.0) >= len(steps) - 1
 
 
-CRON_WORKER = """
-import asyncio, sys, time
-sys.path.insert(0, {here!r})
-import litejobs
-from dataclasses import dataclass
-
-@dataclass
-class Tick(litejobs.Job):
-    NAME = "tick"
-    async def run(self, state):
-        pass
-
-def clock():  # a minute goes by every second, the same minute in every process
-    return {start!r} + (time.time() - {base!r}) * 60
-
-async def main():
-    async with litejobs.connect({db!r}, clock=clock) as store:
-        await store.every("* * * * *", Tick(), key="every minute")
-        await litejobs.Worker(store, [Tick], poll_interval=0.01).run()
-
-asyncio.run(main())
-"""
-
-
 @pytest.mark.slow
 def test_cron_ticks_fire_once_per_matching_minute_across_three_processes(tmp_path, db):
-    script = tmp_path / "cron.py"
-    script.write_text(CRON_WORKER.format(here=HERE, db=db, start=T0, base=time.time()))
-    processes = [subprocess.Popen([sys.executable, str(script)]) for _ in range(3)]
-    try:
-        time.sleep(4.5)
-    finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            assert process.wait(timeout=30) == 0
-    ticks = [row[0] for row in query(db, "SELECT run_at FROM litejobs_jobs ORDER BY run_at")]
+    ticks = _ticks_of_three_processes(tmp_path, db, "* * * * *", speed=60)  # a minute every second
     assert len(ticks) >= 2 and len(set(ticks)) == len(ticks)  # never two jobs for one minute
     assert all((tick - T0) % 60 == 0 for tick in ticks), ticks  # each on a matching minute
 
@@ -3085,12 +3052,46 @@ def test_a_callback_that_unsubscribes_itself_makes_nobody_miss_an_event(db):
 # -- processes: kills, crashes and contention ----------------------------------
 
 
-WORKER_SCRIPT = """
-import asyncio, os, sys
+# A worker process's script: SCRIPT_HEAD, the source of its job classes (a
+# format string like it: {here}, {db}, {log}), then the main of worker_script.
+SCRIPT_HEAD = """
+import asyncio, os, sys, time
 from dataclasses import dataclass
 sys.path.insert(0, {here!r})
 import litejobs
+"""
 
+
+def worker_script(jobs, classes, until_empty=False, options="concurrency=8", connect="", setup=""):
+    """A script whose worker runs ``classes`` until stopped or, with
+    ``until_empty``, until its default queue holds nothing more to do.
+    ``connect``: more arguments to connect(); ``setup``: a statement run first."""
+    serve = """
+        async with worker:
+            while True:
+                s = (await store.stats()).get("default")
+                if s is None or s.pending + s.scheduled + s.running == 0:
+                    break
+                await asyncio.sleep(0.05)""" if until_empty else """
+        await worker.run()"""
+    return SCRIPT_HEAD + jobs + f"""
+async def main():
+    async with litejobs.connect({{db!r}}{connect}) as store:
+        {setup or "pass"}
+        worker = litejobs.Worker(store, [{classes}], {options}, poll_interval=0.01)""" + serve + """
+
+asyncio.run(main())
+"""
+
+
+def script_jobs(jobs, **fields):
+    """The job classes a worker script defines, here too, for the test to enqueue."""
+    namespace = {}
+    exec(compile((SCRIPT_HEAD + jobs).format(here=HERE, **fields), "jobs", "exec"), namespace)
+    return namespace
+
+
+RECORDED_JOBS = """
 LOG = {log!r}
 
 @dataclass
@@ -3107,27 +3108,12 @@ class Recorded(litejobs.Job):
         os.close(fd)
         if self.hang and litejobs.current().attempt == 1:
             await asyncio.sleep(3600)
-
-async def main():
-    async with litejobs.connect({db!r}) as store:
-        worker = litejobs.Worker(store, [Recorded], concurrency=8, poll_interval=0.01)
-        if {until_empty!r}:
-            async with worker:
-                while True:
-                    s = (await store.stats()).get("default")
-                    if s is None or s.pending + s.scheduled + s.running == 0:
-                        break
-                    await asyncio.sleep(0.05)
-        else:
-            await worker.run()
-
-asyncio.run(main())
 """
 
 
 def _worker_process(tmp_path, db, log, until_empty):
     script = tmp_path / f"worker_{until_empty}.py"
-    script.write_text(WORKER_SCRIPT.format(here=HERE, db=db, log=str(log), until_empty=until_empty))
+    script.write_text(worker_script(RECORDED_JOBS, "Recorded", until_empty).format(here=HERE, db=db, log=str(log)))
     return subprocess.Popen([sys.executable, str(script)])
 
 
@@ -3140,10 +3126,7 @@ def _log_lines(log):
 @pytest.mark.slow
 def test_killed_worker_job_is_finished_by_another_after_timeout(tmp_path, db):
     log = tmp_path / "runs.log"
-    script_globals = {}
-    exec(compile(WORKER_SCRIPT.split("async def main")[0].format(
-        here=HERE, db=db, log=str(log), until_empty=False), "script", "exec"), script_globals)
-    Recorded = script_globals["Recorded"]
+    Recorded = script_jobs(RECORDED_JOBS, db=db, log=str(log))["Recorded"]
 
     async def enqueue():
         async with litejobs.connect(db) as store:
@@ -3175,10 +3158,7 @@ def test_killed_worker_job_is_finished_by_another_after_timeout(tmp_path, db):
 @pytest.mark.slow
 def test_two_worker_processes_run_every_job_exactly_once(tmp_path, db):
     log = tmp_path / "runs.log"
-    script_globals = {}
-    exec(compile(WORKER_SCRIPT.split("async def main")[0].format(
-        here=HERE, db=db, log=str(log), until_empty=True), "script", "exec"), script_globals)
-    Recorded = script_globals["Recorded"]
+    Recorded = script_jobs(RECORDED_JOBS, db=db, log=str(log))["Recorded"]
 
     async def enqueue():
         async with litejobs.connect(db) as store:
@@ -3502,8 +3482,7 @@ with litejobs.connect_sync({db!r}) as store:   # as a Flask view would
 @pytest.mark.slow
 def test_sync_enqueuer_process_with_async_worker_process(tmp_path, db):
     log = tmp_path / "runs.log"
-    (tmp_path / "jobs_module.py").write_text(WORKER_SCRIPT.split("async def main")[0].format(
-        here=HERE, db=db, log=str(log), until_empty=False))
+    (tmp_path / "jobs_module.py").write_text((SCRIPT_HEAD + RECORDED_JOBS).format(here=HERE, db=db, log=str(log)))
     run(_open_and_close(db))
     worker = _worker_process(tmp_path, db, log, until_empty=False)
     try:
@@ -4766,12 +4745,7 @@ def test_a_paused_queue_claims_nothing_anywhere_until_resumed_and_running_jobs_f
         litejobs.connect_sync(db).pause("")
 
 
-PAUSE_WORKER = """
-import asyncio, sys
-from dataclasses import dataclass
-sys.path.insert(0, {here!r})
-import litejobs
-
+MARK_JOBS = """
 @dataclass
 class Mark(litejobs.Job):
     NAME = "mark"
@@ -4782,21 +4756,14 @@ class Mark(litejobs.Job):
 
     async def run(self, state):
         return self.to
-
-async def main():
-    async with litejobs.connect({db!r}) as store:
-        await litejobs.Worker(store, [Mark], queues=["default", "urgent"], poll_interval=0.01).run()
-
-asyncio.run(main())
 """
 
 
 @pytest.mark.slow
 def test_a_worker_in_another_process_sees_a_pause_and_a_resume(tmp_path, capsys, db):
     script = tmp_path / "pause_worker.py"
-    script.write_text(PAUSE_WORKER.format(here=HERE, db=db))
-    exec(compile(PAUSE_WORKER.split("async def main")[0].format(here=HERE, db=db), "jobs", "exec"), jobs := {})
-    Mark = jobs["Mark"]
+    script.write_text(worker_script(MARK_JOBS, "Mark", options="queues=['default', 'urgent']").format(here=HERE, db=db))
+    Mark = script_jobs(MARK_JOBS, db=db)["Mark"]
     worker = subprocess.Popen([sys.executable, str(script)])
     try:
         async def main():
@@ -5163,6 +5130,12 @@ class Throttled(litejobs.Job):
         return None
 
 
+def ran_one_at_a_time(db):
+    """Whether every job in the store started after the one before it finished."""
+    spans = query(db, "SELECT started_at, finished_at FROM litejobs_jobs ORDER BY started_at")
+    return all(end <= start for (_, end), (start, _) in zip(spans, spans[1:], strict=False))
+
+
 def test_a_concurrency_key_runs_at_most_its_limit_and_the_rest_wait_parked_out_of_the_claim(capsys, db):
     clock = FakeClock()
     names = ["noop", "per_user"]
@@ -5423,8 +5396,7 @@ def test_a_worker_whose_class_lacks_the_limit_still_never_runs_a_limited_job_pas
             async with litejobs.Worker(store, [Run], poll_interval=0.01):
                 for job in await store.jobs():
                     await wait_state(store, job.id, "done")
-        spans = query(db, "SELECT started_at, finished_at FROM litejobs_jobs ORDER BY started_at")
-        assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:], strict=False))  # one at a time
+        assert ran_one_at_a_time(db)
 
     run(main())
 
@@ -5456,9 +5428,7 @@ def test_jobs_waiting_for_a_slot_cost_an_idle_worker_no_round_trips(db):
                 gate.set()  # each end lets the next one through, in the same round trip
                 for job_id in ids:
                     await wait_state(store, job_id, "done")
-        started = [row[0] for row in query(db, "SELECT started_at FROM litejobs_jobs ORDER BY started_at")]
-        finished = [row[0] for row in query(db, "SELECT finished_at FROM litejobs_jobs ORDER BY started_at")]
-        assert all(end <= start for end, start in zip(finished, started[1:], strict=False))  # one at a time
+        assert ran_one_at_a_time(db)
 
     run(main())
 
@@ -5525,12 +5495,7 @@ def test_a_stop_does_not_wait_for_a_limited_job_past_its_timeout_and_keeps_its_f
     run(main())
 
 
-LIMITS_WORKER = """
-import asyncio, os, sys, time
-from dataclasses import dataclass
-sys.path.insert(0, {here!r})
-import litejobs
-
+LIMITED_JOBS = """
 LOG = {log!r}
 
 @dataclass
@@ -5557,17 +5522,6 @@ class Paced(litejobs.Job):
 
     async def run(self, state):
         return None
-
-async def main():
-    async with litejobs.connect({db!r}) as store:
-        async with litejobs.Worker(store, [Shared, Paced], concurrency=8, poll_interval=0.01):
-            while True:
-                s = (await store.stats()).get("default")
-                if s is None or s.pending + s.scheduled + s.running == 0:
-                    break
-                await asyncio.sleep(0.05)
-
-asyncio.run(main())
 """
 
 
@@ -5575,9 +5529,9 @@ asyncio.run(main())
 def test_two_worker_processes_never_exceed_a_concurrency_or_rate_limit(tmp_path, db):
     log = tmp_path / "runs.log"
     script = tmp_path / "limits.py"
-    script.write_text(LIMITS_WORKER.format(here=HERE, db=db, log=str(log)))
-    exec(compile(LIMITS_WORKER.split("async def main")[0].format(here=HERE, db=db, log=str(log)), "jobs", "exec"),
-         jobs := {})
+    script.write_text(worker_script(LIMITED_JOBS, "Shared, Paced", until_empty=True).format(
+        here=HERE, db=db, log=str(log)))
+    jobs = script_jobs(LIMITED_JOBS, db=db, log=str(log))
 
     async def enqueue():
         async with litejobs.connect(db) as store:
